@@ -1,0 +1,122 @@
+"""The messages that cross the broker, as plain values. No I/O here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+VERSION = 1
+REFID = re.compile(r"\A[0-9A-F]{32}\Z")
+STATE_SOURCE = "state"
+
+
+class Action(StrEnum):
+    ADD = "add"
+    CHANGE = "change"
+    DELETE = "delete"
+
+
+class Kind(StrEnum):
+    """The AMQP ``type`` property of each message."""
+
+    EVENT = "event"
+    MARKER = "marker"
+    ACKS = "acks"
+    RESYNC_REQUEST = "resync_request"
+
+
+class MarkerKind(StrEnum):
+    BATCH_START = "batch_start"
+    OBJECT_END = "object_end"
+    BATCH_END = "batch_end"
+
+
+def new_id() -> str:
+    """A SIF RefId / message id: 32 uppercase hex digits."""
+    return uuid.uuid4().hex.upper()
+
+
+def now_ts() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Event:
+    """One record, district to state."""
+
+    msg_id: str
+    ts: str
+    source: str
+    batch: str | None
+    seq: int
+    object: str
+    action: Action
+    ref_id: str
+    year: int | None
+    parents: dict[str, str]
+    data: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorInfo:
+    category: int
+    code: str
+    desc: str
+    extended: str = ""
+
+
+@dataclass(slots=True)
+class Ack:
+    """The state's answer to one event. ``object``, ``ref_id`` and ``batch`` echo the event so the
+    district can count and log the outcome without remembering what it sent."""
+
+    msg_id: str
+    status: str  # "ok" | "error"
+    error: ErrorInfo | None = None
+    object: str | None = None
+    ref_id: str | None = None
+    batch: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(slots=True)
+class AckPack:
+    """Many acks in one AMQP message."""
+
+    district: str
+    acks: list[Ack]
+
+
+@dataclass(slots=True)
+class Marker:
+    """Tells the receiver where a batch and each of its objects begin and end."""
+
+    msg_id: str
+    ts: str
+    source: str
+    batch: str
+    kind: MarkerKind
+    object: str | None = None
+    year: int | None = None
+    count: int | None = None
+
+
+@dataclass(slots=True)
+class ResyncRequest:
+    """State to district: resync these objects (``None``: all) for that year."""
+
+    msg_id: str
+    ts: str
+    source: str
+    request_id: str
+    objects: list[str] | None
+    year: str
+    requested_by: str
+    extra: dict[str, Any] = field(default_factory=dict)
