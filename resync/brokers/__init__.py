@@ -1,0 +1,19 @@
+"""Broker backends: ``rabbitmq`` (the real one) and ``memory`` (in-process, for the embedded default)."""
+
+from __future__ import annotations
+
+from resync.brokers.base import Broker, Connection, Delivery, QueueStats, Topology
+
+
+def open_broker(url: str | None) -> Broker:
+    """The broker for ``url``; ``None`` or ``memory://`` gives the process-wide in-process broker."""
+    if not url or url.startswith("memory://"):
+        from resync.brokers.memory import MemoryBroker
+
+        return MemoryBroker.shared()
+    from resync.brokers.rabbitmq import RabbitBroker
+
+    return RabbitBroker(url)
+
+
+__all__ = ["Broker", "Connection", "Delivery", "QueueStats", "Topology", "open_broker"]

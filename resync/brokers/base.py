@@ -1,0 +1,121 @@
+"""What the rest of the project needs from a broker, and the queue layout it relies on."""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass
+from typing import Self
+
+from messages.errors import ConfigError
+
+EXCHANGE = "resync"
+DEAD_LETTER_EXCHANGE = "resync.dlx"
+DEAD_LETTER_QUEUE = "resync.dead-letter"
+_DISTRICT = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+def check_district(district: str) -> str:
+    if not _DISTRICT.match(district):
+        raise ConfigError(
+            f"district id {district!r} is not valid: use 1-63 lowercase letters, digits, '-' or '_'"
+        )
+    return district
+
+
+class Topology:
+    """Queue and routing-key names. Each district has three durable queues, each bound under its own name."""
+
+    @staticmethod
+    def events(district: str) -> str:
+        return f"sync.{check_district(district)}"
+
+    @staticmethod
+    def acks(district: str) -> str:
+        return f"acks.{check_district(district)}"
+
+    @staticmethod
+    def control(district: str) -> str:
+        return f"control.{check_district(district)}"
+
+    @staticmethod
+    def district_of(queue: str) -> str:
+        return queue.split(".", 1)[1]
+
+    @classmethod
+    def queues(cls, district: str) -> list[str]:
+        return [cls.events(district), cls.acks(district), cls.control(district)]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    body: bytes
+    delivery_tag: int
+    queue: str
+    message_id: str | None
+    user_id: str | None
+    type: str | None
+    redelivered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    ready: int
+    unacknowledged: int | None
+    consumers: int
+
+
+class Connection(abc.ABC):
+    """One connection and channel; not shared between threads.
+
+    Publishing is pipelined: ``publish`` returns at once and ``flush`` waits until the broker has
+    confirmed everything published so far, raising ``ConnectionClosed`` if it could not.
+    """
+
+    user: str
+
+    @abc.abstractmethod
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def flush(self, timeout: float = 60.0) -> None: ...
+
+    @abc.abstractmethod
+    def consume(self, queue: str, *, prefetch: int) -> None: ...
+
+    @abc.abstractmethod
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        """Deliveries received on every consumed queue, waiting up to ``timeout`` for the first."""
+
+    @abc.abstractmethod
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery_tag: int) -> None:
+        """Reject without requeue: the message goes to the dead-letter queue."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Broker(abc.ABC):
+    kind: str
+
+    @abc.abstractmethod
+    def connect(self) -> Connection: ...
+
+    @abc.abstractmethod
+    def declare_district(self, district: str) -> None: ...
+
+    @abc.abstractmethod
+    def queue_stats(self, queues: list[str]) -> list[QueueStats]: ...
+
+    def describe(self) -> str:
+        return self.kind

@@ -1,0 +1,149 @@
+"""An in-process broker with the same semantics the project relies on from RabbitMQ: durable-looking
+queues, per-connection delivery tags, multiple acks, requeue of unacknowledged messages when a
+connection closes, and a dead-letter queue. It serves the embedded default and the unit tests."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from messages.errors import ConnectionClosed
+from resync.brokers.base import DEAD_LETTER_QUEUE, Broker, Connection, Delivery, QueueStats, Topology
+
+
+@dataclass
+class _Message:
+    body: bytes
+    message_id: str
+    user_id: str
+    kind: str
+    redelivered: bool = False
+
+
+@dataclass
+class _Queue:
+    name: str
+    messages: deque[_Message] = field(default_factory=deque)
+    unacked: int = 0
+    consumers: int = 0
+
+
+class MemoryBroker(Broker):
+    kind = "in-process broker"
+    _shared: ClassVar[MemoryBroker | None] = None
+
+    def __init__(self, user: str = "guest") -> None:
+        self.user = user
+        self.queues: dict[str, _Queue] = {DEAD_LETTER_QUEUE: _Queue(DEAD_LETTER_QUEUE)}
+        self.cond = threading.Condition()
+
+    @classmethod
+    def shared(cls) -> MemoryBroker:
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def connect(self) -> MemoryConnection:
+        return MemoryConnection(self)
+
+    def declare_district(self, district: str) -> None:
+        with self.cond:
+            for name in Topology.queues(district):
+                self.queues.setdefault(name, _Queue(name))
+
+    def queue_stats(self, queues: list[str]) -> list[QueueStats]:
+        with self.cond:
+            return [
+                QueueStats(q.name, len(q.messages), q.unacked, q.consumers)
+                for name in queues
+                if (q := self.queues.get(name)) is not None
+            ]
+
+
+class MemoryConnection(Connection):
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+        self.user = broker.user
+        self._tags = itertools.count(1)
+        self._pending: dict[int, tuple[_Queue, _Message]] = {}
+        self._consuming: list[_Queue] = []
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None:
+        self._check()
+        with self.broker.cond:
+            queue = self.broker.queues.get(routing_key)
+            if queue is None:
+                raise ConnectionClosed(f"no queue is bound to routing key {routing_key!r}")
+            queue.messages.append(_Message(bytes(body), message_id, self.user, kind))
+            self.broker.cond.notify_all()
+
+    def flush(self, timeout: float = 60.0) -> None:
+        self._check()
+
+    def consume(self, queue: str, *, prefetch: int) -> None:
+        self._check()
+        with self.broker.cond:
+            q = self.broker.queues.get(queue)
+            if q is None:
+                raise ConnectionClosed(f"queue {queue!r} does not exist")
+            q.consumers += 1
+            self._consuming.append(q)
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        self._check()
+        deadline = time.monotonic() + timeout
+        out: list[Delivery] = []
+        with self.broker.cond:
+            while True:
+                for q in self._consuming:
+                    while q.messages and len(out) < max_count:
+                        m = q.messages.popleft()
+                        q.unacked += 1
+                        tag = next(self._tags)
+                        self._pending[tag] = (q, m)
+                        out.append(Delivery(m.body, tag, q.name, m.message_id, m.user_id, m.kind, m.redelivered))
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0 or self._closed:
+                    return out
+                self.broker.cond.wait(remaining)
+
+    def _settle(self, tag: int, multiple: bool) -> list[tuple[_Queue, _Message]]:
+        tags = [t for t in self._pending if t <= tag] if multiple else [tag]
+        settled = [self._pending.pop(t) for t in tags if t in self._pending]
+        for q, _ in settled:
+            q.unacked -= 1
+        return settled
+
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        self._check()
+        with self.broker.cond:
+            self._settle(delivery_tag, multiple)
+
+    def dead_letter(self, delivery_tag: int) -> None:
+        self._check()
+        with self.broker.cond:
+            for _, m in self._settle(delivery_tag, False):
+                self.broker.queues[DEAD_LETTER_QUEUE].messages.append(m)
+
+    def close(self) -> None:
+        with self.broker.cond:
+            if self._closed:
+                return
+            self._closed = True
+            for q, m in reversed(list(self._pending.values())):
+                q.unacked -= 1
+                m.redelivered = True
+                q.messages.appendleft(m)
+            self._pending.clear()
+            for q in self._consuming:
+                q.consumers -= 1
+            self.broker.cond.notify_all()

@@ -1,0 +1,241 @@
+"""RabbitMQ through py-amqp (kombu's transport). The only module that imports an AMQP client.
+
+Publisher confirms are pipelined: messages go out without waiting and the broker's (multiple)
+acks are counted as they arrive; ``flush`` waits for the rest. Third-party errors are converted
+here into ``ConnectionClosed`` so nothing above this module sees an AMQP exception type.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import amqp
+import kombu
+from amqp.exceptions import AMQPError
+
+from messages.errors import ConnectionClosed
+from resync.brokers.base import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EXCHANGE,
+    Broker,
+    Connection,
+    Delivery,
+    QueueStats,
+    Topology,
+)
+
+_ERRORS = (AMQPError, OSError, ConnectionError, socket.timeout)
+_WINDOW = 20_000  # unconfirmed messages allowed in flight before publish waits
+
+
+class RabbitBroker(Broker):
+    kind = "RabbitMQ"
+
+    def __init__(self, url: str, management_url: str | None = None) -> None:
+        self.url = url
+        self.management_url = management_url
+        parsed = urllib.parse.urlparse(url)
+        self.user = urllib.parse.unquote(parsed.username or "guest")
+        self.vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
+
+    def describe(self) -> str:
+        p = urllib.parse.urlparse(self.url)
+        return f"RabbitMQ at {p.hostname}:{p.port or 5672} vhost {self.vhost!r}"
+
+    def connect(self) -> RabbitConnection:
+        return RabbitConnection(self.url, self.user)
+
+    def declare_district(self, district: str) -> None:
+        with self.connect() as conn:
+            conn.declare(district)
+
+    def queue_stats(self, queues: list[str]) -> list[QueueStats]:
+        stats = self._management_stats(queues)
+        if stats is not None:
+            return stats
+        out = []
+        with self.connect() as conn:
+            for q in queues:
+                try:
+                    _, ready, consumers = conn.channel.queue_declare(q, passive=True)
+                except _ERRORS:
+                    conn.close()
+                    conn = self.connect()
+                    continue
+                out.append(QueueStats(q, ready, None, consumers))
+        return out
+
+    def _management_stats(self, queues: list[str]) -> list[QueueStats] | None:
+        p = urllib.parse.urlparse(self.url)
+        base = self.management_url or f"http://{p.hostname or '127.0.0.1'}:15672"
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        auth = base64.b64encode(f"{self.user}:{urllib.parse.unquote(p.password or 'guest')}".encode()).decode()
+        out = []
+        for q in queues:
+            req = urllib.request.Request(f"{base}/api/queues/{vhost}/{urllib.parse.quote(q, safe='')}",
+                                         headers={"Authorization": f"Basic {auth}"})
+            try:
+                with urllib.request.urlopen(req, timeout=3) as resp:
+                    doc: dict[str, Any] = json.load(resp)
+            except urllib.error.HTTPError as e:
+                if e.code == 404:
+                    continue
+                return None
+            except (OSError, ValueError):
+                return None
+            out.append(QueueStats(q, int(doc.get("messages_ready", 0)),
+                                  int(doc.get("messages_unacknowledged", 0)), int(doc.get("consumers", 0))))
+        return out
+
+
+class RabbitConnection(Connection):
+    def __init__(self, url: str, user: str) -> None:
+        self.user = user
+        try:
+            self._kombu = kombu.Connection(url, heartbeat=0, connect_timeout=10)
+            self._kombu.connect()
+            self.conn: amqp.Connection = self._kombu.connection
+            self.channel: amqp.Channel = self.conn.channel()
+        except _ERRORS as e:
+            raise ConnectionClosed(f"cannot connect to RabbitMQ: {e}") from None
+        self._confirming = False
+        self._published = 0
+        self._confirmed = 0
+        self._failures: list[str] = []
+        self._buffer: list[Delivery] = []
+        self._closed = False
+
+    # topology -------------------------------------------------------------------------------
+
+    def declare(self, district: str) -> None:
+        ch = self.channel
+        try:
+            ch.exchange_declare(EXCHANGE, "direct", durable=True, auto_delete=False)
+            ch.exchange_declare(DEAD_LETTER_EXCHANGE, "fanout", durable=True, auto_delete=False)
+            ch.queue_declare(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)
+            ch.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "")
+            for name in Topology.queues(district):
+                args: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
+                if name == Topology.events(district):
+                    args["x-single-active-consumer"] = True
+                ch.queue_declare(name, durable=True, auto_delete=False, arguments=args)
+                ch.queue_bind(name, EXCHANGE, name)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"cannot declare the queues of {district}: {e}") from None
+
+    # publishing -----------------------------------------------------------------------------
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._confirmed = tag if multiple else max(self._confirmed, tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._failures.append(f"broker refused message {tag}")
+        self._on_ack(tag, multiple)
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._failures.append(f"no queue for routing key {routing_key!r}: {exc}")
+
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None:
+        try:
+            if not self._confirming:
+                self.channel.confirm_select()
+                self.channel.events["basic_ack"].add(self._on_ack)
+                self.channel.events["basic_nack"].add(self._on_nack)
+                self.channel.events["basic_return"].add(self._on_return)
+                self._confirming = True
+            msg = amqp.Message(body, content_type="application/json", delivery_mode=2,
+                               message_id=message_id, type=kind, user_id=self.user)
+            self.channel.basic_publish(msg, exchange=EXCHANGE, routing_key=routing_key, mandatory=True)
+            self._published += 1
+            if self._published - self._confirmed > _WINDOW:
+                self._drain_until(self._published - _WINDOW // 2, 60.0)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"publish failed: {e}") from None
+
+    def _drain_until(self, tag: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._confirmed < tag:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionClosed(f"broker did not confirm {tag - self._confirmed} message(s) in {timeout}s")
+            try:
+                self.conn.drain_events(timeout=min(remaining, 1.0))
+            except TimeoutError:
+                continue
+
+    def flush(self, timeout: float = 60.0) -> None:
+        try:
+            self._drain_until(self._published, timeout)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"waiting for confirms failed: {e}") from None
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise ConnectionClosed("; ".join(failures[:3]))
+
+    # consuming ------------------------------------------------------------------------------
+
+    def _on_message(self, message: amqp.Message) -> None:
+        props = message.properties
+        body = message.body
+        self._buffer.append(Delivery(
+            body.encode() if isinstance(body, str) else bytes(body),
+            message.delivery_info["delivery_tag"],
+            message.delivery_info.get("routing_key", ""),
+            props.get("message_id"),
+            props.get("user_id"),
+            props.get("type"),
+            bool(message.delivery_info.get("redelivered")),
+        ))
+
+    def consume(self, queue: str, *, prefetch: int) -> None:
+        try:
+            self.channel.basic_qos(0, prefetch, False)
+            self.channel.basic_consume(queue, callback=self._on_message, no_ack=False)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"cannot consume {queue}: {e}") from None
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        try:
+            while len(self._buffer) < max_count:
+                wait = deadline - time.monotonic() if not self._buffer else 0.002
+                if wait <= 0:
+                    break
+                try:
+                    self.conn.drain_events(timeout=wait)
+                except TimeoutError:
+                    if self._buffer or time.monotonic() >= deadline:
+                        break
+        except _ERRORS as e:
+            raise ConnectionClosed(f"consuming failed: {e}") from None
+        out, self._buffer = self._buffer[:max_count], self._buffer[max_count:]
+        return out
+
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        try:
+            self.channel.basic_ack(delivery_tag, multiple=multiple)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"ack failed: {e}") from None
+
+    def dead_letter(self, delivery_tag: int) -> None:
+        try:
+            self.channel.basic_reject(delivery_tag, requeue=False)
+        except _ERRORS as e:
+            raise ConnectionClosed(f"reject failed: {e}") from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._kombu.release()
+        except Exception:
+            pass
