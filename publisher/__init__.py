@@ -1,0 +1,1 @@
+"""District side: the SIS tables, the reference data generator, and the ordered, confirmed publisher."""

@@ -1,0 +1,29 @@
+"""The district database: one table per enabled object (design §6)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, MetaData, Table, func, select
+
+from messages.catalog import Catalog
+from resync.tables import object_tables
+
+
+class DistrictSchema:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.metadata = MetaData()
+        self.tables: dict[str, Table] = object_tables(self.metadata, catalog, state=False)
+
+    def create(self, engine: Engine) -> None:
+        self.metadata.create_all(engine)
+
+    def drop(self, engine: Engine) -> None:
+        self.metadata.drop_all(engine)
+
+    def count(self, engine: Engine, name: str, year: int | None) -> int:
+        table = self.tables[name]
+        query = select(func.count()).select_from(table)
+        if year is not None and self.catalog.get(name).year_scoped:
+            query = query.where(table.c.school_year == year)
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())

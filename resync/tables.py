@@ -1,0 +1,89 @@
+"""Object tables, built from the catalog for both sides: the district's SIS copy and the state's copy.
+
+District: primary key ``ref_id``. State: primary key ``(district_id, ref_id)`` and every reference a
+composite foreign key on ``(district_id, <parent>_ref_id)``, so the state never holds a child whose
+parent is missing and no district's record can point at another district's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeEngine
+
+from messages.catalog import Catalog, ObjectDef, ref_column
+from messages.fields import FieldType, fields
+
+REFID = String(32)
+_TYPES: dict[FieldType, TypeEngine[Any]] = {
+    "str": Text(),
+    "int": BigInteger(),
+    "bool": Boolean(),
+    "date": Date(),
+    "decimal": Numeric(14, 2, asdecimal=False),
+}
+
+
+def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state: bool) -> Table:
+    cols: list[Any] = []
+    if state:
+        cols.append(Column("district_id", String(64), primary_key=True))
+    cols.append(Column("ref_id", REFID, primary_key=True))
+    for parent in obj.references:
+        cols.append(Column(ref_column(parent), REFID, nullable=False))
+        parent_table = catalog.get(parent).table
+        if state:
+            cols.append(ForeignKeyConstraint(
+                ["district_id", ref_column(parent)], [f"{parent_table}.district_id", f"{parent_table}.ref_id"],
+                name=f"fk_{obj.table}_{ref_column(parent)}"[:63]))
+            cols.append(Index(f"ix_{obj.table}_{ref_column(parent)}"[:63], "district_id", ref_column(parent)))
+        else:
+            cols.append(ForeignKeyConstraint([ref_column(parent)], [f"{parent_table}.ref_id"],
+                                             name=f"fk_{obj.table}_{ref_column(parent)}"[:63]))
+            cols.append(Index(f"ix_{obj.table}_{ref_column(parent)}"[:63], ref_column(parent)))
+    if obj.year_scoped:
+        cols.append(Column("school_year", Integer, nullable=False, index=True))
+    cols.extend(Column(name, _TYPES[kind], nullable=True) for name, kind in fields(obj.name))
+    if state:
+        cols.append(Column("last_msg_id", REFID, nullable=False))
+        cols.append(Column("source_ts", String(32), nullable=False))
+        cols.append(Column("applied_at", String(32), nullable=False))
+    return Table(obj.table, metadata, *cols)
+
+
+def object_tables(metadata: MetaData, catalog: Catalog, *, state: bool) -> dict[str, Table]:
+    return {name: object_table(metadata, catalog, catalog.get(name), state=state) for name in catalog.names()}
+
+
+def to_wire(kind: FieldType, value: Any) -> Any:
+    """A database value as it travels in an event's ``data``."""
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def from_wire(kind: FieldType, value: Any) -> Any:
+    """An event's ``data`` value as the database column takes it (the codec already checked it)."""
+    if value is None:
+        return None
+    if kind == "date":
+        return dt.date.fromisoformat(value)
+    return value
