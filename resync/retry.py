@@ -1,0 +1,50 @@
+"""The one retry policy for transient failures: exponential backoff, forever, logged."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential
+
+from messages.errors import RetriableError, StoreUnavailable
+
+log = structlog.get_logger()
+TRANSIENT = (RetriableError, OperationalError)
+
+
+def as_retriable(e: BaseException) -> BaseException:
+    """Database errors that mean 'try again' become ``StoreUnavailable``."""
+    if isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated):
+        return StoreUnavailable(str(e.orig)[:300] if isinstance(e, DBAPIError) else str(e))
+    return e
+
+
+def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_wait: float = 15.0) -> None:
+    """Call ``step`` until ``stop`` is set, reconnecting with backoff whenever it fails transiently."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(f"{what} failed; retrying", error=str(exc), attempt=state.attempt_number,
+                    wait=round(state.next_action.sleep if state.next_action else 0, 1))
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential(multiplier=0.2, max=max_wait),
+        stop=stop_never,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    while not stop.is_set():
+        for attempt in retrying:
+            with attempt:
+                if stop.is_set():
+                    return
+                step()
+        return

@@ -1,0 +1,236 @@
+"""The receiver's apply step: one delivery batch of one district's events, in one transaction, one ack each.
+
+Read top to bottom: answer what was seen before; then, run by run of the same object, look up every
+parent the run needs in one query per parent object, decide each record (excluded, under an
+excluded record, parent missing, or applied), and upsert the applied ones together. An older
+version never overwrites a newer one (``source_ts``), and a duplicate ``msg_id`` is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, select
+from sqlalchemy.exc import IntegrityError
+
+from messages.catalog import ref_column
+from messages.envelope import Ack, Action, ErrorInfo, Event
+from messages.errors import Category, Code
+from messages.fields import fields
+from resync.db import insert
+from resync.tables import from_wire
+from state_receiver.schema import StateSchema
+
+
+@dataclass(slots=True)
+class Incoming:
+    event: Event
+    digest: str
+
+
+@dataclass
+class _Known:
+    """What this batch has learned about which records exist at the state or are excluded."""
+
+    present: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    excluded: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+def _error(e: Event, category: Category, code: str, desc: str, extended: str = "") -> Ack:
+    return Ack(e.msg_id, "error", ErrorInfo(int(category), code, desc, extended), e.object, e.ref_id, e.batch)
+
+
+def _ok(e: Event) -> Ack:
+    return Ack(e.msg_id, "ok", None, e.object, e.ref_id, e.batch)
+
+
+def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Incoming], now: str) -> list[Ack]:
+    """Apply ``batch`` (in order) inside the caller's transaction and return one ack per message."""
+    answered = _previous_answers(conn, schema, district, [i.event.msg_id for i in batch])
+    acks: dict[int, Ack] = {}  # position in batch -> answer
+    fresh: list[tuple[Incoming, Ack]] = []  # answers given for the first time, to remember
+    known = _Known()
+    new_excluded: list[dict[str, Any]] = []
+    positions = iter(range(len(batch)))
+
+    for object_name, run_iter in groupby(batch, key=lambda i: i.event.object):
+        run = [(next(positions), item) for item in run_iter]
+        _learn_parents(conn, schema, district, object_name, [item.event for _, item in run], known)
+        obj = schema.catalog.get(object_name)
+        table = schema.tables[object_name]
+        pending: list[tuple[int, Incoming, dict[str, Any]]] = []
+        for pos, item in run:
+            e = item.event
+            # 1. seen before (in an earlier batch or earlier in this one): answer the same way
+            if e.msg_id in answered:
+                digest, previous = answered[e.msg_id]
+                acks[pos] = previous if digest == item.digest else _error(
+                    e, Category.EVENT_PROCESSING, Code.DUPLICATE_CONFLICT,
+                    f"message {e.msg_id} was already received with different content")
+                continue
+            # 2. deletes go one at a time, after what is pending, in a savepoint
+            if e.action is Action.DELETE:
+                _upsert(conn, table, pending, acks, fresh)
+                pending = []
+                ack = _delete(conn, table, district, e)
+                known.present[object_name].discard(e.ref_id)
+            # 3. the record itself, or a parent of it, is not allowed to sync
+            elif obj.excludable and e.data.get("state_exclude") is True:
+                ack = _error(e, Category.EVENT_PROCESSING, Code.STATE_EXCLUDED,
+                             f"{object_name} {e.ref_id} is state-excluded and is not allowed to sync")
+            elif excluded_parent := next(
+                (p for p in obj.references if e.parents[p] in known.excluded[p]), None
+            ):
+                ack = _error(e, Category.EVENT_PROCESSING, Code.UNDER_EXCLUDED,
+                             f"{object_name} {e.ref_id} is under state-excluded {excluded_parent} "
+                             f"{e.parents[excluded_parent]} and is not allowed to sync")
+            # 4. every parent must already be at the state
+            elif missing := next((p for p in obj.references if e.parents[p] not in known.present[p]), None):
+                ack = _missing_parent(conn, schema, district, e, missing)
+            # 5. apply (together with the rest of the run)
+            else:
+                pending.append((pos, item, _row(schema, district, e, now)))
+                known.present[object_name].add(e.ref_id)
+                answered[e.msg_id] = (item.digest, _ok(e))
+                continue
+            if ack.error is not None and ack.error.code in (Code.STATE_EXCLUDED, Code.UNDER_EXCLUDED):
+                known.excluded[object_name].add(e.ref_id)
+                new_excluded.append({"district_id": district, "object": object_name, "ref_id": e.ref_id,
+                                     "code": ack.error.code})
+            answered[e.msg_id] = (item.digest, ack)
+            acks[pos] = ack
+            fresh.append((item, ack))
+        _upsert(conn, table, pending, acks, fresh)
+
+    # 6. remember every new answer (the inbox makes redelivery a no-op) and log the errors
+    _record(conn, schema, district, fresh, new_excluded, now)
+    return [acks[pos] for pos in range(len(batch))]
+
+
+def _previous_answers(conn: Connection, schema: StateSchema, district: str,
+                      msg_ids: list[str]) -> dict[str, tuple[str, Ack]]:
+    t = schema.inbox
+    rows = conn.execute(select(t).where(t.c.district_id == district, t.c.msg_id.in_(set(msg_ids)))).all()
+    out = {}
+    for r in rows:
+        err = ErrorInfo(r.category, r.code, r.description or "") if r.status == "error" else None
+        out[r.msg_id] = (r.digest, Ack(r.msg_id, r.status, err, r.object, r.ref_id, r.batch_id))
+    return out
+
+
+def _learn_parents(conn: Connection, schema: StateSchema, district: str, object_name: str,
+                   events: list[Event], known: _Known) -> None:
+    obj = schema.catalog.get(object_name)
+    for parent in obj.references:
+        refs = {e.parents[parent] for e in events if e.action is not Action.DELETE}
+        refs -= known.present[parent] | known.excluded[parent]
+        if not refs:
+            continue
+        pt = schema.tables[parent]
+        found = conn.execute(select(pt.c.ref_id).where(pt.c.district_id == district, pt.c.ref_id.in_(refs)))
+        known.present[parent].update(r[0] for r in found)
+        refs -= known.present[parent]
+        if refs:
+            x = schema.excluded
+            found = conn.execute(select(x.c.ref_id).where(
+                x.c.district_id == district, x.c.object == parent, x.c.ref_id.in_(refs)))
+            known.excluded[parent].update(r[0] for r in found)
+
+
+def _missing_parent(conn: Connection, schema: StateSchema, district: str, e: Event, parent: str) -> Ack:
+    ref = e.parents[parent]
+    pt = schema.tables[parent]
+    elsewhere = conn.execute(select(pt.c.district_id).where(pt.c.ref_id == ref, pt.c.district_id != district)
+                             .limit(1)).first()
+    if elsewhere is not None:
+        return _error(e, Category.ACCESS, Code.FOREIGN_PARENT,
+                      f"{e.object} {e.ref_id} points at {parent} {ref}, which belongs to another district")
+    return _error(e, Category.EVENT_PROCESSING, Code.PARENT_MISSING,
+                  f"{e.object} {e.ref_id}: parent {parent} {ref} is missing at the state",
+                  f"resync {parent} first, or send with Check Dependencies")
+
+
+def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, Any]:
+    obj = schema.catalog.get(e.object)
+    row: dict[str, Any] = {"district_id": district, "ref_id": e.ref_id}
+    for p in obj.references:
+        row[ref_column(p)] = e.parents[p]
+    if obj.year_scoped:
+        row["school_year"] = e.year
+    for name, kind in fields(e.object):
+        row[name] = from_wire(kind, e.data.get(name))
+    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now)
+    return row
+
+
+def _upsert(conn: Connection, table: Any, pending: list[tuple[int, Incoming, dict[str, Any]]],
+            acks: dict[int, Ack], fresh: list[tuple[Incoming, Ack]]) -> None:
+    if not pending:
+        return
+    stmt = insert(conn.engine)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["district_id", "ref_id"],
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("district_id", "ref_id")},
+        where=table.c.source_ts <= stmt.excluded.source_ts,
+    )
+    outcome: list[tuple[int, Incoming, Ack]] = []
+    try:
+        with conn.begin_nested():
+            conn.execute(stmt, [row for _, _, row in pending])
+        outcome = [(pos, item, _ok(item.event)) for pos, item, _ in pending]
+    except IntegrityError:
+        for pos, item, row in pending:  # a parent vanished since it was looked up: find which record fails
+            try:
+                with conn.begin_nested():
+                    conn.execute(stmt, [row])
+                outcome.append((pos, item, _ok(item.event)))
+            except IntegrityError as e:
+                outcome.append((pos, item, _error(
+                    item.event, Category.EVENT_PROCESSING, Code.PARENT_MISSING,
+                    f"{item.event.object} {item.event.ref_id}: a parent is missing at the state", str(e.orig)[:500])))
+    for pos, item, ack in outcome:
+        acks[pos] = ack
+        fresh.append((item, ack))
+
+
+def _delete(conn: Connection, table: Any, district: str, e: Event) -> Ack:
+    try:
+        with conn.begin_nested():
+            conn.execute(delete(table).where(and_(table.c.district_id == district, table.c.ref_id == e.ref_id,
+                                                  table.c.source_ts <= e.ts)))
+    except IntegrityError as err:
+        return _error(e, Category.EVENT_PROCESSING, Code.HAS_CHILDREN,
+                      f"{e.object} {e.ref_id} still has child records at the state; delete them first",
+                      str(err.orig)[:500])
+    return _ok(e)
+
+
+def _record(conn: Connection, schema: StateSchema, district: str, fresh: list[tuple[Incoming, Ack]],
+            new_excluded: list[dict[str, Any]], now: str) -> None:
+    if fresh:
+        conn.execute(insert(conn.engine)(schema.inbox).on_conflict_do_nothing(), [
+            {"district_id": district, "msg_id": a.msg_id, "digest": item.digest, "batch_id": item.event.batch,
+             "object": item.event.object, "ref_id": item.event.ref_id, "school_year": item.event.year,
+             "status": a.status, "category": a.error.category if a.error else None,
+             "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
+             "received_at": now}
+            for item, a in fresh
+        ])
+    errors = [(item, a) for item, a in fresh if a.error is not None]
+    if errors:
+        log_errors(conn, schema, district, [(item.event.msg_id, item.event.object, item.event.ref_id, a.error)
+                                            for item, a in errors if a.error], now)
+    if new_excluded:
+        conn.execute(insert(conn.engine)(schema.excluded).on_conflict_do_nothing(), new_excluded)
+
+
+def log_errors(conn: Connection, schema: StateSchema, district: str | None,
+               errors: list[tuple[str | None, str | None, str | None, ErrorInfo]], now: str) -> None:
+    conn.execute(schema.error_log.insert(), [
+        {"district_id": district, "msg_id": msg_id, "object": obj, "ref_id": ref, "category": err.category,
+         "code": err.code, "description": err.desc, "extended": err.extended, "logged_at": now}
+        for msg_id, obj, ref, err in errors
+    ])

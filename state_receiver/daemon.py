@@ -1,0 +1,160 @@
+"""``resync receiver run``: consume each district's event queue, apply, acknowledge.
+
+Per delivery batch: check identity and decode each message; apply the valid events of each district
+in one transaction; publish the acks (packed) to the district's ack queue and wait for the broker's
+confirms; only then acknowledge the AMQP deliveries. A crash anywhere before that last step means
+redelivery, and the inbox turns redelivery into the same acks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import defaultdict
+
+import structlog
+from sqlalchemy import Engine
+
+from messages.catalog import Catalog
+from messages.codec import decode_event, decode_marker, encode_acks
+from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, now_ts
+from messages.errors import Category, Code, DecodeError, RecordError
+from resync.brokers import Broker, Connection, Delivery, Topology
+from resync.db import insert
+from resync.retry import as_retriable, run_forever
+from resync.settings import Settings
+from state_receiver.apply import Incoming, apply, log_errors
+from state_receiver.schema import StateSchema
+
+log = structlog.get_logger()
+ACKS_PER_MESSAGE = 1000
+
+
+class Receiver:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        engine: Engine,
+        catalog: Catalog,
+        *,
+        prefetch: int = 1000,
+        batch_size: int = 500,
+    ) -> None:
+        self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
+        self.schema = StateSchema(catalog)
+        self.prefetch, self.batch_size = prefetch, batch_size
+        self.districts = settings.receiver_districts
+        self.applied = 0
+
+    def setup(self) -> None:
+        self.schema.create(self.engine)
+        for d in self.districts:
+            self.broker.declare_district(d)
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        log.info("receiver started", districts=list(self.districts), broker=self.broker.describe())
+        run_forever(lambda: self._serve(stop), stop, "receiver")
+        log.info("receiver stopped", applied=self.applied)
+
+    def _serve(self, stop: threading.Event) -> None:
+        with self.broker.connect() as conn:
+            for d in self.districts:
+                conn.consume(Topology.events(d), prefetch=self.prefetch)
+            while not stop.is_set():
+                deliveries = conn.fetch(self.batch_size, timeout=0.5)
+                if deliveries:
+                    self.handle(conn, deliveries)
+
+    def handle(self, conn: Connection, deliveries: list[Delivery]) -> None:
+        by_district: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            by_district[Topology.district_of(d.queue)].append(d)
+        now = now_ts()
+        dead: list[int] = []
+        for district, items in by_district.items():
+            acks = self._process(district, items, now, dead)
+            for i in range(0, len(acks), ACKS_PER_MESSAGE):
+                conn.publish(
+                    Topology.acks(district),
+                    encode_acks(AckPack(district, acks[i : i + ACKS_PER_MESSAGE])),
+                    kind=Kind.ACKS,
+                    message_id=acks[i].msg_id,
+                )
+        conn.flush()
+        for tag in dead:
+            conn.dead_letter(tag)
+        conn.ack(deliveries[-1].delivery_tag, multiple=True)
+        self.applied += len(deliveries)
+
+    def _process(self, district: str, items: list[Delivery], now: str, dead: list[int]) -> list[Ack]:
+        """Decode and authorize, then apply in one transaction. Returns the acks in delivery order."""
+        expected_user = self.settings.user_for(district)
+        answers: list[Ack | Incoming] = []
+        rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]] = []
+        markers = []
+        for d in items:
+            try:
+                if d.user_id is None:
+                    raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
+                if d.user_id != expected_user:
+                    raise RecordError(
+                        Category.ACCESS,
+                        Code.WRONG_SOURCE,
+                        f"broker user {d.user_id!r} may not send for district {district!r}",
+                    )
+                if d.type == Kind.MARKER:
+                    markers.append(decode_marker(d.body))
+                    continue
+                if d.type != Kind.EVENT:
+                    raise RecordError(
+                        Category.GENERIC_MESSAGE,
+                        Code.UNKNOWN_TYPE,
+                        f"message type {d.type!r} is not accepted on an event queue",
+                    )
+                event = decode_event(d.body, self.catalog, max_size=self.settings.max_body)
+                if event.source != district:
+                    raise DecodeError(
+                        Category.ACCESS,
+                        Code.WRONG_SOURCE,
+                        f"source {event.source[:64]!r} does not match the sending district {district!r}",
+                    )
+                answers.append(Incoming(event, hashlib.blake2b(d.body, digest_size=16).hexdigest()))
+            except RecordError as e:
+                msg_id = e.msg_id if isinstance(e, DecodeError) else None
+                if msg_id is None and not isinstance(e, DecodeError) and REFID.match(d.message_id or ""):
+                    msg_id = d.message_id
+                info = ErrorInfo(int(e.category), e.code, e.desc, e.extended)
+                rejected.append((msg_id, None, None, info))
+                if msg_id is None:
+                    dead.append(d.delivery_tag)
+                    log.warning("message dead-lettered", district=district, code=e.code, error=e.desc)
+                else:
+                    answers.append(Ack(msg_id, "error", info))
+        events = [a for a in answers if isinstance(a, Incoming)]
+        try:
+            with self.engine.begin() as db:
+                applied = iter(apply(db, self.schema, district, events, now) if events else [])
+                if rejected:
+                    log_errors(db, self.schema, district, rejected, now)
+                if markers:
+                    db.execute(
+                        insert(self.engine)(self.schema.markers).on_conflict_do_nothing(),
+                        [
+                            {
+                                "district_id": district,
+                                "msg_id": m.msg_id,
+                                "batch_id": m.batch,
+                                "kind": m.kind.value,
+                                "object": m.object,
+                                "school_year": m.year,
+                                "count": m.count,
+                                "received_at": now,
+                            }
+                            for m in markers
+                        ],
+                    )
+        except Exception as e:
+            raise as_retriable(e) from e
+        return [next(applied) if isinstance(a, Incoming) else a for a in answers]

@@ -1,0 +1,68 @@
+"""The state database: every district's objects keyed by ``(district_id, ref_id)``, and the receiver's own
+tables: the inbox (one row per message answered: the ack the district got), excluded records, batch
+markers, the state's error log."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text
+
+from messages.catalog import Catalog
+from resync.tables import REFID, object_tables
+
+
+class StateSchema:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.metadata = MetaData()
+        self.tables: dict[str, Table] = object_tables(self.metadata, catalog, state=True)
+        m = self.metadata
+        self.inbox = Table(
+            "receiver_inbox", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("msg_id", REFID, primary_key=True),
+            Column("digest", String(32), nullable=False),
+            Column("batch_id", REFID),
+            Column("object", String(64)),
+            Column("ref_id", REFID),
+            Column("school_year", Integer),
+            Column("status", String(8), nullable=False),
+            Column("category", Integer),
+            Column("code", String(8)),
+            Column("description", Text),
+            Column("received_at", String(32), nullable=False),
+            Index("ix_receiver_inbox_batch", "district_id", "batch_id", "object"),
+        )
+        self.excluded = Table(
+            "receiver_excluded", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("object", String(64), primary_key=True),
+            Column("ref_id", REFID, primary_key=True),
+            Column("code", String(8), nullable=False),
+        )
+        self.markers = Table(
+            "receiver_marker", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("msg_id", REFID, primary_key=True),
+            Column("batch_id", REFID, nullable=False),
+            Column("kind", String(16), nullable=False),
+            Column("object", String(64)),
+            Column("school_year", Integer),
+            Column("count", Integer),
+            Column("received_at", String(32), nullable=False),
+        )
+        self.error_log = Table(
+            "receiver_error_log", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("district_id", String(64)),
+            Column("msg_id", String(64)),
+            Column("object", String(64)),
+            Column("ref_id", String(64)),
+            Column("category", Integer, nullable=False),
+            Column("code", String(8), nullable=False),
+            Column("description", Text, nullable=False),
+            Column("extended", Text),
+            Column("logged_at", String(32), nullable=False),
+        )
+
+    def create(self, engine: Engine) -> None:
+        self.metadata.create_all(engine)
