@@ -27,3 +27,11 @@ class DistrictSchema:
             query = query.where(table.c.school_year == year)
         with engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def count_all(self, engine: Engine) -> int:
+        """Records in the District table (0 when the tables do not exist yet)."""
+        from sqlalchemy import inspect
+
+        if not inspect(engine).has_table(self.tables["District"].name):
+            return 0
+        return self.count(engine, "District", None)

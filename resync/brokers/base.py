@@ -107,6 +107,8 @@ class Connection(abc.ABC):
 
 class Broker(abc.ABC):
     kind: str
+    user: str
+    """The broker user this process publishes as (RabbitMQ stamps and checks it as ``user_id``)."""
 
     @abc.abstractmethod
     def connect(self) -> Connection: ...

@@ -1,0 +1,1 @@
+"""District side daemon and the administrators' view: batches, acks, history, logs, queues."""

@@ -1,0 +1,108 @@
+"""``resync agent run``: publish queued batches, count the state's acks, close finished batches.
+
+Two threads, each with its own broker connection: the publisher works through queued batches one
+at a time, object by object in plan order, recording after each confirmed chunk how far it got (so a
+restarted agent carries on from there); the main thread consumes the district's ack queue.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+from sqlalchemy import Engine
+
+from agent.store import AgentStore
+from messages.catalog import Catalog
+from messages.codec import decode_acks
+from messages.envelope import MarkerKind, now_ts
+from messages.errors import DecodeError
+from publisher.publish import ObjectPublisher
+from resync.brokers import Broker, Topology
+from resync.retry import run_forever
+from resync.settings import Settings
+
+log = structlog.get_logger()
+
+
+class Agent:
+    def __init__(self, settings: Settings, broker: Broker, engine: Engine, catalog: Catalog) -> None:
+        self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
+        self.district = settings.district
+        self.store = AgentStore(engine)
+
+    def setup(self) -> None:
+        self.store.create()
+        self.broker.declare_district(self.district)
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        log.info("agent started", district=self.district, broker=self.broker.describe())
+        publisher = threading.Thread(target=run_forever, args=(lambda: self._publish_batches(stop), stop, "publisher"),
+                                     name="publisher", daemon=True)
+        publisher.start()
+        run_forever(lambda: self._consume_acks(stop), stop, "ack consumer")
+        publisher.join()
+        log.info("agent stopped")
+
+    # publishing -----------------------------------------------------------------------------
+
+    def _publish_batches(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            batch = self.store.next_batch()
+            if batch is None:
+                stop.wait(0.3)
+                continue
+            self.run_batch(batch["batch_id"], stop)
+
+    def run_batch(self, batch_id: str, stop: threading.Event) -> None:
+        batch = self.store.batch(batch_id)
+        assert batch is not None
+        resumed = batch["status"] == "running"
+        if not resumed:
+            self.store.set_batch(batch_id, status="running", started_at=now_ts())
+        log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"],
+                 year=batch["school_year"])
+        with self.broker.connect() as conn:
+            pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
+            if not resumed:
+                pub.marker(batch_id, MarkerKind.BATCH_START, year=batch["school_year"])
+            for obj in self.store.batch_objects(batch_id):
+                if obj["sent_at"] is not None:
+                    continue
+                if obj["started_at"] is None:
+                    self.store.set_object(batch_id, obj["object"], started_at=now_ts())
+
+                def progress(count: int, last_ref: str, name: str = obj["object"]) -> None:
+                    self.store.add_sent(batch_id, name, count, last_ref)
+
+                pub.publish_object(batch_id, obj["object"], batch["school_year"], after=obj["last_ref_id"],
+                                   progress=progress, should_stop=stop.is_set)
+                if stop.is_set():
+                    return
+                self.store.set_object(batch_id, obj["object"], sent_at=now_ts())
+                log.info("object sent", batch=batch_id, object=obj["object"])
+            pub.marker(batch_id, MarkerKind.BATCH_END, year=batch["school_year"])
+        self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
+
+    # acks -----------------------------------------------------------------------------------
+
+    def _consume_acks(self, stop: threading.Event) -> None:
+        with self.broker.connect() as conn:
+            conn.consume(Topology.acks(self.district), prefetch=20)
+            while not stop.is_set():
+                deliveries = conn.fetch(20, timeout=0.3)
+                acks = []
+                for d in deliveries:
+                    try:
+                        acks.extend(decode_acks(d.body).acks)
+                    except DecodeError as e:
+                        conn.dead_letter(d.delivery_tag)
+                        self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
+                                             category=int(e.category), code=e.code)
+                if acks:
+                    self.store.record_acks(acks)
+                if deliveries:
+                    conn.ack(deliveries[-1].delivery_tag, multiple=True)
+                for batch_id in self.store.complete_finished():
+                    log.info("batch completed", batch=batch_id)

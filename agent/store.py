@@ -1,0 +1,284 @@
+"""The agent's tables in the district database: batch history (the vendor's DISBatchHistory, kept for
+every batch), per-object counts, the agent log (one final outcome per record) and the error log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+
+from messages.envelope import Ack, new_id, now_ts
+from resync.db import insert
+
+metadata = MetaData()
+
+batch = Table(
+    "resync_batch", metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),  # full | partial
+    Column("initiator", String(16), nullable=False),  # district | state
+    Column("requested_by", String(128), nullable=False),
+    Column("school_year", Integer, nullable=False),
+    Column("check_dependencies", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),  # queued | running | sent | completed | failed | cancelled
+    Column("created_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("sent_at", String(32)),
+    Column("completed_at", String(32)),
+    Column("message", Text),
+)
+
+batch_object = Table(
+    "resync_batch_object", metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("object", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("school_year", Integer, nullable=False),
+    Column("expected", Integer, nullable=False),
+    Column("started_at", String(32)),
+    Column("sent_at", String(32)),
+    Column("completed_at", String(32)),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("processed", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("last_ref_id", String(32), nullable=False, default=""),
+    Index("ix_resync_batch_object_object", "object", "school_year"),
+)
+
+agent_log = Table(
+    "agent_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("msg_id", String(32), nullable=False, unique=True),
+    Column("batch_id", String(32)),
+    Column("object", String(64)),
+    Column("ref_id", String(32)),
+    Column("status", String(8), nullable=False),
+    Column("category", Integer),
+    Column("code", String(8)),
+    Column("description", Text),
+    Column("logged_at", String(32), nullable=False),
+    Index("ix_agent_log_batch", "batch_id", "object"),
+)
+
+error_log = Table(
+    "agent_error_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("logged_at", String(32), nullable=False),
+    Column("batch_id", String(32)),
+    Column("object", String(64)),
+    Column("ref_id", String(32)),
+    Column("msg_id", String(32)),
+    Column("category", Integer),
+    Column("code", String(8)),
+    Column("description", Text, nullable=False),
+    Column("extended", Text),
+)
+
+ACTIVE = ("queued", "running", "sent")
+
+
+@dataclass(frozen=True)
+class PlannedObject:
+    name: str
+    expected: int
+
+
+class AgentStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self) -> None:
+        metadata.create_all(self.engine)
+
+    # batches --------------------------------------------------------------------------------
+
+    def queue_batch(self, objects: list[PlannedObject], *, kind: str, year: int, check_dependencies: bool,
+                    initiator: str = "district", requested_by: str = "district administrator") -> str:
+        batch_id = new_id()
+        now = now_ts()
+        with self.engine.begin() as conn:
+            conn.execute(batch.insert().values(
+                batch_id=batch_id, kind=kind, initiator=initiator, requested_by=requested_by, school_year=year,
+                check_dependencies=check_dependencies, status="queued", created_at=now))
+            conn.execute(batch_object.insert(), [
+                {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year, "expected": o.expected,
+                 "sent": 0, "processed": 0, "errors": 0, "last_ref_id": ""}
+                for i, o in enumerate(objects)])
+        return batch_id
+
+    def next_batch(self) -> dict[str, Any] | None:
+        """The oldest batch that still has records to publish."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(batch).where(batch.c.status.in_(("queued", "running")))
+                               .order_by(batch.c.created_at).limit(1)).first()
+        return dict(row._mapping) if row else None
+
+    def batch_objects(self, batch_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(batch_object).where(batch_object.c.batch_id == batch_id)
+                                .order_by(batch_object.c.position)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def set_batch(self, batch_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(batch).where(batch.c.batch_id == batch_id).values(**values))
+
+    def set_object(self, batch_id: str, name: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(batch_object).where(batch_object.c.batch_id == batch_id,
+                                                    batch_object.c.object == name).values(**values))
+
+    def add_sent(self, batch_id: str, name: str, count: int, last_ref_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(batch_object).where(batch_object.c.batch_id == batch_id,
+                                                    batch_object.c.object == name)
+                         .values(sent=batch_object.c.sent + count, last_ref_id=last_ref_id))
+
+    # acks -----------------------------------------------------------------------------------
+
+    def record_acks(self, acks: list[Ack]) -> int:
+        """Log each outcome once (a redelivered ack changes nothing) and add it to its object's counts.
+        Returns how many outcomes were new."""
+        if not acks:
+            return 0
+        now = now_ts()
+        rows = [{"msg_id": a.msg_id, "batch_id": a.batch, "object": a.object, "ref_id": a.ref_id,
+                 "status": a.status, "category": a.error.category if a.error else None,
+                 "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
+                 "logged_at": now} for a in acks]
+        with self.engine.begin() as conn:
+            stmt = insert(self.engine)(agent_log).on_conflict_do_nothing(index_elements=["msg_id"])
+            new = {r.msg_id for r in conn.execute(stmt.returning(agent_log.c.msg_id), rows)}
+            fresh = [a for a in acks if a.msg_id in new]
+            counts: dict[tuple[str, str], list[int]] = {}
+            for a in fresh:
+                if a.batch and a.object:
+                    c = counts.setdefault((a.batch, a.object), [0, 0])
+                    c[0] += 1
+                    c[1] += 0 if a.ok else 1
+            for (batch_id, name), (processed, errors) in counts.items():
+                conn.execute(update(batch_object)
+                             .where(batch_object.c.batch_id == batch_id, batch_object.c.object == name)
+                             .values(processed=batch_object.c.processed + processed,
+                                     errors=batch_object.c.errors + errors))
+            failed = [a for a in fresh if a.error is not None]
+            if failed:
+                conn.execute(error_log.insert(), [
+                    {"logged_at": now, "batch_id": a.batch, "object": a.object, "ref_id": a.ref_id,
+                     "msg_id": a.msg_id, "category": a.error.category, "code": a.error.code,
+                     "description": a.error.desc, "extended": a.error.extended}
+                    for a in failed if a.error is not None])
+        return len(fresh)
+
+    def log_error(self, description: str, *, batch_id: str | None = None, obj: str | None = None,
+                  category: int | None = None, code: str | None = None, extended: str = "") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(error_log.insert().values(logged_at=now_ts(), batch_id=batch_id, object=obj,
+                                                   category=category, code=code, description=description,
+                                                   extended=extended))
+
+    def complete_finished(self) -> list[str]:
+        """Close every object whose records are all published and acknowledged, then every batch whose
+        objects are all closed. Returns the batches completed now."""
+        now = now_ts()
+        done: list[str] = []
+        with self.engine.begin() as conn:
+            conn.execute(update(batch_object).where(
+                batch_object.c.completed_at.is_(None), batch_object.c.sent_at.is_not(None),
+                batch_object.c.processed >= batch_object.c.sent).values(completed_at=now))
+            for (batch_id,) in conn.execute(select(batch.c.batch_id).where(batch.c.status == "sent")).all():
+                open_objects = conn.execute(select(func.count()).select_from(batch_object).where(
+                    batch_object.c.batch_id == batch_id, batch_object.c.completed_at.is_(None))).scalar_one()
+                if open_objects == 0:
+                    conn.execute(update(batch).where(batch.c.batch_id == batch_id)
+                                 .values(status="completed", completed_at=now))
+                    done.append(batch_id)
+        return done
+
+    # reading --------------------------------------------------------------------------------
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(batch).where(batch.c.batch_id == batch_id)).first()
+        return dict(row._mapping) if row else None
+
+    def find_batch(self, prefix: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(batch).where(batch.c.batch_id.like(prefix.upper() + "%"))).all()
+        return [dict(r._mapping) for r in rows]
+
+    def latest_per_object(self, year: int) -> dict[str, dict[str, Any]]:
+        """For each object, its row in the most recent batch of ``year`` that included it."""
+        query = (select(batch_object, batch.c.status.label("batch_status"), batch.c.initiator,
+                        batch.c.created_at)
+                 .join(batch, batch.c.batch_id == batch_object.c.batch_id)
+                 .where(batch_object.c.school_year == year)
+                 .order_by(batch.c.created_at))
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                out[row.object] = dict(row._mapping)
+        return out
+
+    def history(self, *, obj: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            query = select(batch).order_by(batch.c.created_at.desc()).limit(limit)
+            if obj:
+                query = query.where(batch.c.batch_id.in_(
+                    select(batch_object.c.batch_id).where(batch_object.c.object == obj)))
+            batches = [dict(r._mapping) for r in conn.execute(query)]
+            for b in batches:
+                objs = conn.execute(select(batch_object).where(batch_object.c.batch_id == b["batch_id"])
+                                    .order_by(batch_object.c.position)).all()
+                b["objects"] = [dict(o._mapping) for o in objs]
+                b["sent"] = sum(o.sent for o in objs)
+                b["processed"] = sum(o.processed for o in objs)
+                b["errors"] = sum(o.errors for o in objs)
+        return batches
+
+    def log(self, *, batch_id: str | None = None, obj: str | None = None, errors_only: bool = False,
+            limit: int = 50) -> list[dict[str, Any]]:
+        query = select(agent_log).order_by(agent_log.c.id.desc()).limit(limit)
+        if batch_id:
+            query = query.where(agent_log.c.batch_id == batch_id)
+        if obj:
+            query = query.where(agent_log.c.object == obj)
+        if errors_only:
+            query = query.where(agent_log.c.status == "error")
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def errors(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(error_log).order_by(error_log.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Per active batch: records sent that have not been acknowledged yet."""
+        query = (select(batch.c.batch_id, batch.c.status, func.sum(batch_object.c.sent).label("sent"),
+                        func.sum(batch_object.c.processed).label("processed"))
+                 .join(batch_object, batch_object.c.batch_id == batch.c.batch_id)
+                 .where(batch.c.status.in_(ACTIVE)).group_by(batch.c.batch_id, batch.c.status))
+        with self.engine.connect() as conn:
+            return [{"batch_id": r.batch_id, "status": r.status, "sent": int(r.sent or 0),
+                     "processed": int(r.processed or 0), "awaiting_ack": int((r.sent or 0) - (r.processed or 0))}
+                    for r in conn.execute(query)]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)

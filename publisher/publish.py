@@ -1,0 +1,80 @@
+"""Stream an object's records in keyset order and publish one persistent message per record.
+
+Never loads a table: rows come in chunks ordered by ``ref_id`` (``WHERE ref_id > last``), so memory
+stays flat and a batch can resume from the last confirmed key. Confirms are pipelined; each chunk is
+confirmed (``flush``) before its count is reported as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from messages.catalog import Catalog, ref_column
+from messages.codec import encode_event, encode_marker
+from messages.envelope import Action, Event, Kind, Marker, MarkerKind, new_id, now_ts
+from messages.fields import fields
+from publisher.schema import DistrictSchema
+from resync.brokers import Connection, Topology
+from resync.tables import to_wire
+
+CHUNK = 2_000
+Progress = Callable[[int, str], None]
+"""Called after each confirmed chunk with the number of records it held and the last ref_id."""
+
+
+def rows(engine: Engine, schema: DistrictSchema, name: str, year: int | None, *, after: str = "",
+         chunk: int = CHUNK) -> Iterator[Sequence[Any]]:
+    table = schema.tables[name]
+    query = select(table).order_by(table.c.ref_id).limit(chunk)
+    if year is not None and schema.catalog.get(name).year_scoped:
+        query = query.where(table.c.school_year == year)
+    last = after
+    while True:
+        with engine.connect() as conn:
+            page = conn.execute(query.where(table.c.ref_id > last)).all()
+        if not page:
+            return
+        yield page
+        last = page[-1].ref_id
+
+
+class ObjectPublisher:
+    def __init__(self, conn: Connection, engine: Engine, catalog: Catalog, district: str) -> None:
+        self.conn, self.engine, self.catalog, self.district = conn, engine, catalog, district
+        self.schema = DistrictSchema(catalog)
+        self.queue = Topology.events(district)
+        self.seq = 0
+
+    def publish_object(self, batch: str, name: str, year: int, *, after: str = "",
+                       progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker."""
+        obj = self.catalog.get(name)
+        refs = [(p, ref_column(p)) for p in obj.references]
+        cols = fields(name)
+        event_year = year if obj.year_scoped else None
+        sent = 0
+        for page in rows(self.engine, self.schema, name, year, after=after):
+            if should_stop():
+                break
+            ts = now_ts()
+            for row in page:
+                self.seq += 1
+                m = row._mapping
+                event = Event(new_id(), ts, self.district, batch, self.seq, name, Action.CHANGE, row.ref_id,
+                              event_year, {p: m[c] for p, c in refs}, {c: to_wire(k, m[c]) for c, k in cols})
+                self.conn.publish(self.queue, encode_event(event), kind=Kind.EVENT, message_id=event.msg_id)
+            self.conn.flush()
+            sent += len(page)
+            if progress:
+                progress(len(page), page[-1].ref_id)
+        self.marker(batch, MarkerKind.OBJECT_END, name, event_year, sent)
+        return sent
+
+    def marker(self, batch: str, kind: MarkerKind, name: str | None = None, year: int | None = None,
+               count: int | None = None) -> None:
+        m = Marker(new_id(), now_ts(), self.district, batch, kind, name, year, count)
+        self.conn.publish(self.queue, encode_marker(m), kind=Kind.MARKER, message_id=m.msg_id)
+        self.conn.flush()

@@ -1,0 +1,334 @@
+"""The ``resync`` command line."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from agent.status import LEGEND, plan_batch, status_rows
+from agent.store import ACTIVE, AgentStore
+from messages import catalog as catalog_mod
+from messages.catalog import Catalog
+from messages.errors import FatalError, ResyncError
+from resync import logs
+from resync.brokers import Broker, Topology, open_broker
+from resync.brokers.base import DEAD_LETTER_QUEUE
+from resync.db import engine
+from resync.render import DOTS, console, emit_json, table, when
+from resync.settings import Settings
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class Ctx:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = catalog_mod.load(self.settings.objects)
+        return self._catalog
+
+    def store(self) -> AgentStore:
+        store = AgentStore(engine(self.settings.district_db_url))
+        store.create()
+        return store
+
+    def year(self, year: int | None) -> int:
+        return year or self.settings.school_year
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--broker-url", envvar="RESYNC_BROKER_URL", help="amqp://user:pass@host/vhost (default: in-process).")
+@click.option("--district-db", envvar="RESYNC_DISTRICT_DB", help="SQLAlchemy URL of the district database.")
+@click.option("--state-db", envvar="RESYNC_STATE_DB", help="SQLAlchemy URL of the state database.")
+@click.option("--district", envvar="RESYNC_DISTRICT", help="This district's id (default district-1).")
+@click.option("--home", envvar="RESYNC_HOME", type=click.Path(path_type=Path), help="Folder for embedded SQLite files.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, broker_url: str | None, district_db: str | None, state_db: str | None,
+        district: str | None, home: Path | None, log_level: str) -> None:
+    """Resync a district's data objects to the state over RabbitMQ."""
+    logs.configure(log_level)
+    ctx.obj = Ctx(Settings.from_env(broker_url=broker_url, district_db=district_db, state_db=state_db,
+                                    district=district, home=home))
+
+
+@cli.command()
+@JSON
+@pass_ctx
+def objects(c: Ctx, as_json: bool) -> None:
+    """List the data objects, parents first."""
+    defs = [c.catalog.get(n) for n in c.catalog.names()]
+    if as_json:
+        return emit_json([{"object": o.name, "immediate_parents": list(o.immediate), "parents": list(o.chain),
+                           "year_scoped": o.year_scoped, "inferred": o.inferred} for o in defs])
+    table("Data objects (send order)", ["Object", "Immediate parents", "Year-scoped", "Inferred"],
+          [(o.name, ", ".join(o.immediate) or "-", "yes" if o.year_scoped else "no", "yes" if o.inferred else "")
+           for o in defs])
+
+
+@cli.command()
+@click.option("--students", type=click.IntRange(1, 2_000_000), default=500, show_default=True)
+@click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Same seed, same district.")
+@click.option("--year", type=int, help="School year to seed (default: the current one).")
+@click.option("--reset", is_flag=True, help="Drop the district's object tables first.")
+@JSON
+@pass_ctx
+def seed(c: Ctx, students: int, seed_value: int, year: int | None, reset: bool, as_json: bool) -> None:
+    """Fill the district database with a realistic, deterministic district."""
+    from publisher.schema import DistrictSchema
+    from publisher.seed import seed as run_seed
+
+    eng = engine(c.settings.district_db_url)
+    if reset:
+        DistrictSchema(c.catalog).drop(eng)
+    elif DistrictSchema(c.catalog).count_all(eng):
+        raise FatalError("the district database already holds records; add --reset to replace them")
+    started = time.monotonic()
+    with console.status(f"seeding {students} students ..."):
+        counts = run_seed(eng, c.catalog, students=students, seed=seed_value, years=[c.year(year)])
+    if as_json:
+        return emit_json({"records": sum(counts.values()), "objects": counts})
+    console.print(f"seeded {sum(counts.values()):,} records in {len(counts)} objects "
+                  f"for school year {c.year(year)} in {time.monotonic() - started:.1f}s")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[OBJECT]...")
+@click.option("--all", "send_all", is_flag=True, help="Full resync: every object.")
+@click.option("--check-dependencies", "-d", is_flag=True, help="Add every parent the picked objects need.")
+@click.option("--year", type=int, help="School year (default: the current one).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and send nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until every ack is in.")
+@JSON
+@pass_ctx
+def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: int | None,
+         dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Queue a resync batch for the agent; prints its id at once."""
+    store = c.store()
+    y = c.year(year)
+    plan = plan_batch(c.catalog, store.engine, list(names), send_all=send_all,
+                      check_dependencies=check_dependencies, year=y)
+    if dry_run:
+        if as_json:
+            return emit_json([{"object": p.name, "records": p.expected} for p in plan])
+        table(f"Plan: {'full' if send_all else 'partial'} resync, school year {y} (dry run, nothing sent)",
+              ["#", "Object", "Records"], [(i + 1, p.name, f"{p.expected:,}") for i, p in enumerate(plan)],
+              caption=f"{sum(p.expected for p in plan):,} records")
+        return
+    batch_id = store.queue_batch(plan, kind="full" if send_all else "partial", year=y,
+                                 check_dependencies=check_dependencies)
+    if as_json and not wait:
+        return emit_json({"batch_id": batch_id, "objects": [p.name for p in plan]})
+    console.print(f"queued batch {batch_id}: {len(plan)} objects, {sum(p.expected for p in plan):,} records")
+    if wait:
+        watch(store, batch_id)
+
+
+def watch(store: AgentStore, batch_id: str) -> None:
+    with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[errors]} errors"), console=console) as progress:
+        tasks: dict[str, Any] = {}
+        while True:
+            for o in store.batch_objects(batch_id):
+                total = max(o["expected"], o["sent"]) or 1
+                if o["object"] not in tasks:
+                    tasks[o["object"]] = progress.add_task(o["object"], total=total, errors=0)
+                progress.update(tasks[o["object"]], total=total, completed=o["processed"] or
+                                (total if o["completed_at"] else 0), errors=o["errors"])
+            b = store.batch(batch_id)
+            if b is None or b["status"] not in ACTIVE:
+                break
+            time.sleep(0.5)
+    b = store.batch(batch_id)
+    assert b is not None
+    console.print(f"batch {batch_id} {b['status']}")
+
+
+@cli.command()
+@click.option("--year", type=int, help="School year (default: the current one).")
+@click.option("--hide-completed", is_flag=True, help="Hide objects completed without errors.")
+@JSON
+@pass_ctx
+def status(c: Ctx, year: int | None, hide_completed: bool, as_json: bool) -> None:
+    """The Resync State Data table: per object, Last Resync, counts and status."""
+    y = c.year(year)
+    rows = status_rows(c.catalog, c.store(), y, hide_completed=hide_completed)
+    if as_json:
+        return emit_json([r.as_dict() for r in rows])
+    legend = "   ".join(f"{DOTS[k]} {v}" for k, v in LEGEND.items())
+    table(f"Resync State Data: school year {y - 1}-{y % 100:02d} ({c.settings.district})",
+          ["DIS Objects", "Last Resync", "Sent", "Results", "Status"],
+          [("  " * r.depth + r.object, when(r.last_resync), r.sent if r.last_resync else "",
+            f"Processed: {r.processed} Errors: {r.errors}" if r.last_resync else "",
+            DOTS.get(r.status or "", "")) for r in rows], caption=legend)
+
+
+@cli.command()
+@click.option("--object", "obj", help="Only batches that included this object.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@JSON
+@pass_ctx
+def history(c: Ctx, obj: str | None, limit: int, as_json: bool) -> None:
+    """Every batch, newest first, with its counts."""
+    if obj:
+        obj = c.catalog.get(obj).name
+    rows = c.store().history(obj=obj, limit=limit)
+    if as_json:
+        return emit_json(rows)
+    table("Batch history", ["Batch", "Kind", "Requested by", "Year", "Status", "Started", "Completed", "Objects",
+                            "Sent", "Processed", "Errors"],
+          [(r["batch_id"][:12], r["kind"], r["requested_by"], r["school_year"], r["status"], when(r["started_at"]),
+            when(r["completed_at"]), len(r["objects"]), r["sent"], r["processed"], r["errors"]) for r in rows])
+
+
+@cli.command("log")
+@click.option("--batch", "batch_id", help="Batch id (or its first characters).")
+@click.option("--object", "obj")
+@click.option("--errors", "errors_only", is_flag=True, help="Only failed records.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@JSON
+@pass_ctx
+def log_cmd(c: Ctx, batch_id: str | None, obj: str | None, errors_only: bool, limit: int, as_json: bool) -> None:
+    """The agent log: one row per record outcome, newest first."""
+    store = c.store()
+    if batch_id:
+        found = store.find_batch(batch_id)
+        if len(found) != 1:
+            raise FatalError(f"batch {batch_id!r} matches {len(found)} batches; give more of its id (resync history)")
+        batch_id = found[0]["batch_id"]
+    if obj:
+        obj = c.catalog.get(obj).name
+    rows = store.log(batch_id=batch_id, obj=obj, errors_only=errors_only, limit=limit)
+    if as_json:
+        return emit_json(rows)
+    table("Agent log", ["Logged", "Object", "RefId", "Status", "Category", "Code", "Message"],
+          [(when(r["logged_at"]), r["object"], r["ref_id"], r["status"], r["category"], r["code"], r["description"])
+           for r in rows])
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@JSON
+@pass_ctx
+def errors(c: Ctx, limit: int, as_json: bool) -> None:
+    """The error log: failed records and agent failures, newest first."""
+    rows = c.store().errors(limit=limit)
+    if as_json:
+        return emit_json(rows)
+    table("Error log", ["Logged", "Object", "RefId", "Category", "Code", "Message", "Extended"],
+          [(when(r["logged_at"]), r["object"], r["ref_id"], r["category"], r["code"], r["description"],
+            r["extended"]) for r in rows])
+
+
+@cli.command()
+@JSON
+@pass_ctx
+def queue(c: Ctx, as_json: bool) -> None:
+    """The district's queues (ready, unacknowledged, consumers) and what awaits an ack."""
+    broker = open_broker(c.settings.broker_url)
+    queues = [*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]
+    try:
+        stats = broker.queue_stats(queues)
+    except ResyncError as e:
+        raise FatalError(f"cannot read the queues from {broker.describe()}: {e}") from None
+    in_flight = c.store().in_flight()
+    if as_json:
+        return emit_json({"queues": [{"queue": s.queue, "ready": s.ready, "unacknowledged": s.unacknowledged,
+                                      "consumers": s.consumers} for s in stats], "in_flight": in_flight})
+    table(f"Queues on {broker.describe()}", ["Queue", "Ready", "Unacknowledged", "Consumers"],
+          [(s.queue, s.ready, "?" if s.unacknowledged is None else s.unacknowledged, s.consumers) for s in stats])
+    table("Sent, not yet acknowledged", ["Batch", "Status", "Sent", "Processed", "Awaiting ack"],
+          [(r["batch_id"][:12], r["status"], r["sent"], r["processed"], r["awaiting_ack"]) for r in in_flight])
+
+
+def _needs_broker(c: Ctx, what: str) -> Broker:
+    if not c.settings.broker_url:
+        raise FatalError(f"{what} needs RESYNC_BROKER_URL (or --broker-url): the in-process broker lives inside "
+                         "one process; `resync demo` runs agent and receiver together on it")
+    return open_broker(c.settings.broker_url)
+
+
+def _run_daemon(target: Any) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    target(stop)
+
+
+@cli.group()
+def agent() -> None:
+    """The district agent daemon."""
+
+
+@agent.command("run")
+@pass_ctx
+def agent_run(c: Ctx) -> None:
+    """Publish queued batches and count the state's acks until SIGTERM/SIGINT."""
+    from agent.daemon import Agent
+
+    broker = _needs_broker(c, "agent run")
+    _run_daemon(Agent(c.settings, broker, engine(c.settings.district_db_url), c.catalog).run)
+
+
+@cli.group()
+def receiver() -> None:
+    """The state receiver daemon."""
+
+
+@receiver.command("run")
+@click.option("--district", "districts", multiple=True, help="District to consume (repeatable; "
+              "default RESYNC_DISTRICTS or RESYNC_DISTRICT).")
+@pass_ctx
+def receiver_run(c: Ctx, districts: tuple[str, ...]) -> None:
+    """Consume districts' event queues, apply and acknowledge until SIGTERM/SIGINT."""
+    from state_receiver.daemon import Receiver
+
+    broker = _needs_broker(c, "receiver run")
+    settings = c.settings.with_(districts=districts or None)
+    _run_daemon(Receiver(settings, broker, engine(settings.state_db_url), c.catalog).run)
+
+
+@cli.command()
+@click.option("--students", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--reset", is_flag=True, help="Start again from an empty district and state.")
+@pass_ctx
+def demo(c: Ctx, students: int, reset: bool) -> None:
+    """Seed a small district, run receiver and agent, do a full resync and print the status table."""
+    from resync.demo import run_demo
+
+    run_demo(c.settings, c.catalog, students=students, reset=reset)
+    status.callback(year=None, hide_completed=False, as_json=False)  # type: ignore[misc]
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "resync"
+        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except FatalError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ResyncError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)

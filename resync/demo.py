@@ -1,0 +1,65 @@
+"""``resync demo``: a whole resync in one process, on the embedded default or on real servers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+from agent.daemon import Agent
+from agent.status import plan_batch
+from messages.catalog import Catalog
+from publisher.schema import DistrictSchema
+from publisher.seed import seed
+from resync.brokers import open_broker
+from resync.db import engine
+from resync.settings import Settings
+from state_receiver.daemon import Receiver
+
+console = Console(stderr=True)
+
+
+def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool) -> str:
+    broker = open_broker(settings.broker_url)
+    embedded = not settings.broker_url
+    where = "the embedded default (SQLite files and an in-process broker)" if embedded else (
+        f"{broker.describe()}, district DB {settings.district_db_url.split('@')[-1]}, "
+        f"state DB {settings.state_db_url.split('@')[-1]}")
+    console.print(f"resync demo on {where}")
+    if reset:
+        for url in (settings.district_db_url, settings.state_db_url):
+            if url.startswith("sqlite:///"):
+                for suffix in ("", "-wal", "-shm"):
+                    Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
+    settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
+    district_engine, state_engine = engine(settings.district_db_url), engine(settings.state_db_url)
+    if DistrictSchema(catalog).count_all(district_engine) == 0:
+        with console.status(f"seeding a district of {students} students ..."):
+            counts = seed(district_engine, catalog, students=students, years=[settings.school_year])
+        console.print(f"seeded {sum(counts.values()):,} records")
+    else:
+        console.print("the district database already holds a district; resyncing it (use --reset to start again)")
+
+    stop = threading.Event()
+    receiver = Receiver(settings, broker, state_engine, catalog)
+    agent = Agent(settings, broker, district_engine, catalog)
+    receiver.setup()
+    agent.setup()
+    threads = [threading.Thread(target=receiver.run, args=(stop,), daemon=True),
+               threading.Thread(target=agent.run, args=(stop,), daemon=True)]
+    for t in threads:
+        t.start()
+    plan = plan_batch(catalog, district_engine, [], send_all=True, check_dependencies=False,
+                      year=settings.school_year)
+    batch_id = agent.store.queue_batch(plan, kind="full", year=settings.school_year, check_dependencies=False,
+                                       requested_by="resync demo")
+    from resync.cli import watch
+
+    try:
+        watch(agent.store, batch_id)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    return batch_id

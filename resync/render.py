@@ -1,0 +1,36 @@
+"""Output for people (rich tables) and for programs (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=None if sys.stdout.isatty() else 140)
+DOTS = {"green": "[green]●[/]", "yellow": "[yellow]●[/]", "red": "[red]●[/]", "gray": "[bright_black]●[/]"}
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str, indent=2) + "\n")
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None) -> None:
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console.print(t)
+
+
+def when(ts: str | None) -> str:
+    """ISO timestamps shown as the vendor shows them: MM/DD/YYYY HH:MM:SS (UTC)."""
+    if not ts:
+        return "-"
+    date, _, time = ts.partition("T")
+    y, m, d = date.split("-")
+    return f"{m}/{d}/{y} {time[:8]}"
