@@ -1,0 +1,3 @@
+from resync.cli import main
+
+main()
