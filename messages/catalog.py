@@ -69,9 +69,7 @@ class Catalog:
         if enabled is None:
             names = [o.name for o in objects if o.name not in OPTIONAL]
         else:
-            names = list(enabled)
-            for name in names:
-                self._lookup(name, self._all)
+            names = [self._lookup(name, self._all).name for name in enabled]
         wanted = set(names)
         self.objects: dict[str, ObjectDef] = {o.name: o for o in objects if o.name in wanted}
         for obj in self.objects.values():

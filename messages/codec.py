@@ -4,6 +4,7 @@ message can be wrong raises a ``DecodeError`` with the SIF category and code it 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ from messages.errors import Category, Code, DecodeError
 from messages.fields import fields
 
 MAX_BODY = 256 * 1024
+_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 
 def _fail(category: Category, code: str, desc: str, extended: str = "", msg_id: str | None = None) -> NoReturn:
@@ -105,11 +107,13 @@ def _check_value(obj: str, name: str, kind: str, value: Any) -> str | None:
 
 
 def _is_date(v: str) -> bool:
+    if not _DATE.match(v):
+        return False
     try:
         dt.date.fromisoformat(v)
     except ValueError:
         return False
-    return len(v) == 10
+    return True
 
 
 def decode_event(body: bytes, catalog: Catalog, *, max_size: int = MAX_BODY) -> Event:

@@ -78,7 +78,7 @@ def postgres_db() -> Iterator[object]:
 
     try:
         admin().close()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         _unavailable(f"cannot connect to PostgreSQL as postgres: {e}")
     yield make
     with admin() as conn:
