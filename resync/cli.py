@@ -239,7 +239,7 @@ def errors(c: Ctx, limit: int, as_json: bool) -> None:
 @pass_ctx
 def queue(c: Ctx, as_json: bool) -> None:
     """The district's queues (ready, unacknowledged, consumers) and what awaits an ack."""
-    broker = open_broker(c.settings.broker_url)
+    broker = open_broker(c.settings.broker_url, c.settings.management_url)
     queues = [*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]
     try:
         stats = broker.queue_stats(queues)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from resync.brokers.base import Broker, Connection, Delivery, QueueStats, Topology
 
 
-def open_broker(url: str | None) -> Broker:
+def open_broker(url: str | None, management_url: str | None = None) -> Broker:
     """The broker for ``url``; ``None`` or ``memory://`` gives the process-wide in-process broker."""
     if not url or url.startswith("memory://"):
         from resync.brokers.memory import MemoryBroker
@@ -13,7 +13,7 @@ def open_broker(url: str | None) -> Broker:
         return MemoryBroker.shared()
     from resync.brokers.rabbitmq import RabbitBroker
 
-    return RabbitBroker(url)
+    return RabbitBroker(url, management_url)
 
 
 __all__ = ["Broker", "Connection", "Delivery", "QueueStats", "Topology", "open_broker"]
