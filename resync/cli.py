@@ -174,7 +174,8 @@ def status(c: Ctx, year: int | None, hide_completed: bool, as_json: bool) -> Non
           ["DIS Objects", "Last Resync", "Sent", "Results", "Status"],
           [("  " * r.depth + r.object, when(r.last_resync), r.sent if r.last_resync else "",
             f"Processed: {r.processed} Errors: {r.errors}" if r.last_resync else "",
-            DOTS.get(r.status or "", "")) for r in rows], caption=legend)
+            DOTS.get(r.status or "", "")) for r in rows])
+    console.print(legend, soft_wrap=True)
 
 
 @cli.command()
