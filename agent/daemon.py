@@ -19,7 +19,7 @@ from messages.envelope import MarkerKind, now_ts
 from messages.errors import DecodeError
 from publisher.publish import ObjectPublisher
 from resync.brokers import Broker, Topology
-from resync.retry import run_forever
+from resync.retry import TRANSIENT, run_forever
 from resync.settings import Settings
 
 log = structlog.get_logger()
@@ -53,7 +53,15 @@ class Agent:
             if batch is None:
                 stop.wait(0.3)
                 continue
-            self.run_batch(batch["batch_id"], stop)
+            try:
+                self.run_batch(batch["batch_id"], stop)
+            except TRANSIENT:
+                raise
+            except Exception as e:  # a bug or bad data: fail this batch, keep serving the next ones
+                log.exception("batch failed", batch=batch["batch_id"])
+                self.store.set_batch(batch["batch_id"], status="failed", completed_at=now_ts(), message=str(e)[:1000])
+                self.store.log_error(f"batch {batch['batch_id']} failed: {e}"[:1000], batch_id=batch["batch_id"],
+                                     category=11, extended=repr(e)[:2000])
 
     def run_batch(self, batch_id: str, stop: threading.Event) -> None:
         batch = self.store.batch(batch_id)

@@ -97,7 +97,7 @@ def _check_value(obj: str, name: str, kind: str, value: Any) -> str | None:
     if value is None:
         return None
     ok = {
-        "str": lambda v: isinstance(v, str) and len(v) <= 1000,
+        "str": lambda v: isinstance(v, str) and len(v) <= 1000 and "\x00" not in v,
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
         "bool": lambda v: isinstance(v, bool),
         "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e12,

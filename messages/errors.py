@@ -46,6 +46,8 @@ class Code:
     UNDER_EXCLUDED = "9.3"
     HAS_CHILDREN = "9.4"
     DUPLICATE_CONFLICT = "9.5"
+    # category 11: system
+    APPLY_FAILED = "11.1"
     # category 12: generic message handling
     NOT_JSON = "12.1"
     NOT_OBJECT = "12.2"

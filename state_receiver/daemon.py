@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from messages.catalog import Catalog
 from messages.codec import decode_event, decode_marker, encode_acks
-from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, now_ts
+from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, Marker, now_ts
 from messages.errors import Category, Code, DecodeError, RecordError
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.db import insert
@@ -89,38 +89,13 @@ class Receiver:
         self.applied += len(deliveries)
 
     def _process(self, district: str, items: list[Delivery], now: str, dead: list[int]) -> list[Ack]:
-        """Decode and authorize, then apply in one transaction. Returns the acks in delivery order."""
-        expected_user = self.settings.user_for(district)
+        """Decode and authorize each delivery, then apply in one transaction. Returns the acks in order."""
         answers: list[Ack | Incoming] = []
         rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]] = []
-        markers = []
+        markers: list[Marker] = []
         for d in items:
             try:
-                if d.user_id is None:
-                    raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
-                if d.user_id != expected_user:
-                    raise RecordError(
-                        Category.ACCESS,
-                        Code.WRONG_SOURCE,
-                        f"broker user {d.user_id!r} may not send for district {district!r}",
-                    )
-                if d.type == Kind.MARKER:
-                    markers.append(decode_marker(d.body))
-                    continue
-                if d.type != Kind.EVENT:
-                    raise RecordError(
-                        Category.GENERIC_MESSAGE,
-                        Code.UNKNOWN_TYPE,
-                        f"message type {d.type!r} is not accepted on an event queue",
-                    )
-                event = decode_event(d.body, self.catalog, max_size=self.settings.max_body)
-                if event.source != district:
-                    raise DecodeError(
-                        Category.ACCESS,
-                        Code.WRONG_SOURCE,
-                        f"source {event.source[:64]!r} does not match the sending district {district!r}",
-                    )
-                answers.append(Incoming(event, hashlib.blake2b(d.body, digest_size=16).hexdigest()))
+                decoded = self._decode(district, d)
             except RecordError as e:
                 msg_id = e.msg_id if isinstance(e, DecodeError) else None
                 if msg_id is None and not isinstance(e, DecodeError) and REFID.match(d.message_id or ""):
@@ -132,29 +107,66 @@ class Receiver:
                     log.warning("message dead-lettered", district=district, code=e.code, error=e.desc)
                 else:
                     answers.append(Ack(msg_id, "error", info))
+                continue
+            if isinstance(decoded, Marker):
+                markers.append(decoded)
+            else:
+                answers.append(decoded)
         events = [a for a in answers if isinstance(a, Incoming)]
+        applied = iter(self._commit(district, events, rejected, markers, now))
+        return [next(applied) if isinstance(a, Incoming) else a for a in answers]
+
+    def _decode(self, district: str, d: Delivery) -> Incoming | Marker:
+        if d.user_id is None:
+            raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
+        if d.user_id != self.settings.user_for(district):
+            raise RecordError(Category.ACCESS, Code.WRONG_SOURCE,
+                              f"broker user {d.user_id!r} may not send for district {district!r}")
+        if d.type == Kind.MARKER:
+            return decode_marker(d.body)
+        if d.type != Kind.EVENT:
+            raise RecordError(Category.GENERIC_MESSAGE, Code.UNKNOWN_TYPE,
+                              f"message type {d.type!r} is not accepted on an event queue")
+        event = decode_event(d.body, self.catalog, max_size=self.settings.max_body)
+        if event.source != district:
+            err = DecodeError(Category.ACCESS, Code.WRONG_SOURCE,
+                              f"source {event.source[:64]!r} does not match the sending district {district!r}")
+            err.msg_id = event.msg_id
+            raise err
+        return Incoming(event, hashlib.blake2b(d.body, digest_size=16).hexdigest())
+
+    def _commit(self, district: str, events: list[Incoming], rejected: list[tuple[str | None, str | None,
+                str | None, ErrorInfo]], markers: list[Marker], now: str) -> list[Ack]:
+        """One transaction for the batch. If it fails for a reason that retrying will not cure, the events
+        are applied one by one, and the one that still fails is answered with a system error, so no
+        record can block the district's queue."""
         try:
             with self.engine.begin() as db:
-                applied = iter(apply(db, self.schema, district, events, now) if events else [])
+                acks = apply(db, self.schema, district, events, now) if events else []
                 if rejected:
                     log_errors(db, self.schema, district, rejected, now)
                 if markers:
-                    db.execute(
-                        insert(self.engine)(self.schema.markers).on_conflict_do_nothing(),
-                        [
-                            {
-                                "district_id": district,
-                                "msg_id": m.msg_id,
-                                "batch_id": m.batch,
-                                "kind": m.kind.value,
-                                "object": m.object,
-                                "school_year": m.year,
-                                "count": m.count,
-                                "received_at": now,
-                            }
-                            for m in markers
-                        ],
-                    )
+                    db.execute(insert(self.engine)(self.schema.markers).on_conflict_do_nothing(), [
+                        {"district_id": district, "msg_id": m.msg_id, "batch_id": m.batch, "kind": m.kind.value,
+                         "object": m.object, "school_year": m.year, "count": m.count, "received_at": now}
+                        for m in markers])
+                return acks
         except Exception as e:
-            raise as_retriable(e) from e
-        return [next(applied) if isinstance(a, Incoming) else a for a in answers]
+            transient = as_retriable(e)
+            if transient is not e:
+                raise transient from e
+            if len(events) + len(markers) > 1 or rejected:
+                log.warning("batch failed; applying its records one at a time", district=district, error=str(e))
+                out = [a for item in events for a in self._commit(district, [item], [], [], now)]
+                self._commit(district, [], rejected, markers, now)
+                return out
+            if not events:
+                raise
+            e_ = events[0].event
+            info = ErrorInfo(int(Category.SYSTEM), Code.APPLY_FAILED,
+                             f"{e_.object} {e_.ref_id} could not be stored at the state", str(e)[:1000])
+            log.error("record could not be applied", district=district, object=e_.object, ref_id=e_.ref_id,
+                      error=str(e)[:300])
+            with self.engine.begin() as db:
+                log_errors(db, self.schema, district, [(e_.msg_id, e_.object, e_.ref_id, info)], now)
+            return [Ack(e_.msg_id, "error", info, e_.object, e_.ref_id, e_.batch)]

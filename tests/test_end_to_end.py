@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,8 @@ HANG_GUARD = 600  # seconds: a resync that takes this long is stuck, not slow
 class Site:
     """One district and one state, with helpers to run the CLI and the daemons."""
 
-    def __init__(self, broker_url: str, district_db: str, state_db: str) -> None:
+    def __init__(self, broker_url: str, district_db: str, state_db: str, logs: Path) -> None:
+        self.logs = logs
         self.env = {**os.environ, "RESYNC_BROKER_URL": broker_url, "RESYNC_DISTRICT_DB": district_db,
                     "RESYNC_STATE_DB": state_db, "RESYNC_DISTRICT": "district-1", "RESYNC_SCHOOL_YEAR": str(YEAR),
                     "RESYNC_DISTRICT_USERS": "district-1=guest"}
@@ -46,8 +48,8 @@ class Site:
         return out.stdout
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen([sys.executable, "-m", "resync", *args], env=self.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = (self.logs / f"{args[0]}-{len(self.procs)}.log").open("wb")
+        p = subprocess.Popen([sys.executable, "-m", "resync", *args], env=self.env, stdout=log, stderr=log)
         self.procs.append(p)
         return p
 
@@ -62,7 +64,8 @@ class Site:
             if b and b["status"] not in ("queued", "running", "sent"):
                 return b
             time.sleep(0.2)
-        raise AssertionError(f"batch {batch_id} did not finish: {store.batch_objects(batch_id)}")
+        daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
+        raise AssertionError(f"batch {batch_id} did not finish: {store.batch_objects(batch_id)}\n{daemon_logs}")
 
     def stop(self) -> None:
         for p in self.procs:
@@ -77,8 +80,8 @@ class Site:
 
 
 @pytest.fixture
-def site(rabbitmq_url: str, postgres_db: Any) -> Iterator[Site]:
-    s = Site(rabbitmq_url, postgres_db(), postgres_db())
+def site(rabbitmq_url: str, postgres_db: Any, tmp_path: Path) -> Iterator[Site]:
+    s = Site(rabbitmq_url, postgres_db(), postgres_db(), tmp_path)
     yield s
     s.stop()
 
