@@ -282,7 +282,7 @@ def seed(engine: Engine, catalog: Catalog, *, students: int, seed: int = 1, year
                         state_exclude=grade == "PK",
                     )
                     sgl_rows.append(sgl)
-                    if k == 0:
+                    if k == 0 and not summer:
                         grade_levels[(i, year, grade)] = sgl["ref_id"]
         put("ScheduleStructure", iter(ss_rows))
         put("StructureGradeLevel", iter(sgl_rows))

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
         watch(store, batch_id)
 
 
-def watch(store: AgentStore, batch_id: str) -> None:
+def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: True) -> None:
     with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[errors]} errors"), console=console) as progress:
         tasks: dict[str, Any] = {}
@@ -152,6 +153,8 @@ def watch(store: AgentStore, batch_id: str) -> None:
             b = store.batch(batch_id)
             if b is None or b["status"] not in ACTIVE:
                 break
+            if not alive():
+                raise FatalError("the agent or the receiver stopped before the batch finished; see the log above")
             time.sleep(0.5)
     b = store.batch(batch_id)
     assert b is not None
@@ -311,6 +314,8 @@ def demo(c: Ctx, students: int, reset: bool) -> None:
     """Seed a small district, run receiver and agent, do a full resync and print the status table."""
     from resync.demo import run_demo
 
+    if click.get_current_context().find_root().params["log_level"] == "INFO":
+        logs.configure("WARNING")  # the demo shows progress bars; daemon chatter would drown them
     run_demo(c.settings, c.catalog, students=students, reset=reset)
     status.callback(year=None, hide_completed=False, as_json=False)  # type: ignore[misc]
 

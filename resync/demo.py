@@ -57,7 +57,7 @@ def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool
     from resync.cli import watch
 
     try:
-        watch(agent.store, batch_id)
+        watch(agent.store, batch_id, alive=lambda: all(t.is_alive() for t in threads))
     finally:
         stop.set()
         for t in threads:
