@@ -36,7 +36,7 @@ class Agent:
         self.broker.declare_district(self.district)
 
     def run(self, stop: threading.Event) -> None:
-        self.setup()
+        run_forever(self.setup, stop, "start-up")
         log.info("agent started", district=self.district, broker=self.broker.describe())
         publisher = threading.Thread(target=run_forever, args=(lambda: self._publish_batches(stop), stop, "publisher"),
                                      name="publisher", daemon=True)

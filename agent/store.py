@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 
 from messages.envelope import Ack, new_id, now_ts
-from resync.db import insert
+from resync.db import create_all, insert
 
 metadata = MetaData()
 
@@ -103,7 +103,7 @@ class AgentStore:
         self.engine = engine
 
     def create(self) -> None:
-        metadata.create_all(self.engine)
+        create_all(metadata, self.engine)
 
     # batches --------------------------------------------------------------------------------
 

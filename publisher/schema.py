@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, MetaData, Table, func, select
 
 from messages.catalog import Catalog
+from resync.db import create_all
 from resync.tables import object_tables
 
 
@@ -15,7 +16,7 @@ class DistrictSchema:
         self.tables: dict[str, Table] = object_tables(self.metadata, catalog, state=False)
 
     def create(self, engine: Engine) -> None:
-        self.metadata.create_all(engine)
+        create_all(self.metadata, engine)
 
     def drop(self, engine: Engine) -> None:
         self.metadata.drop_all(engine)

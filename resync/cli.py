@@ -143,8 +143,10 @@ def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: 
     with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[errors]} errors"), console=console) as progress:
         tasks: dict[str, Any] = {}
+        last_change, last_seen, warned = time.monotonic(), (-1, -1), False
         while True:
-            for o in store.batch_objects(batch_id):
+            objs = store.batch_objects(batch_id)
+            for o in objs:
                 total = max(o["expected"], o["sent"]) or 1
                 if o["object"] not in tasks:
                     tasks[o["object"]] = progress.add_task(o["object"], total=total, errors=0)
@@ -155,6 +157,13 @@ def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: 
                 break
             if not alive():
                 raise FatalError("the agent or the receiver stopped before the batch finished; see the log above")
+            seen = (sum(o["sent"] for o in objs), sum(o["processed"] for o in objs))
+            if seen != last_seen:
+                last_change, last_seen = time.monotonic(), seen
+            elif not warned and time.monotonic() - last_change > 30:
+                progress.console.print("[yellow]no progress for 30s: are `resync agent run` and "
+                                       "`resync receiver run` running? (Ctrl-C stops waiting, not the batch)[/]")
+                warned = True
             time.sleep(0.5)
     b = store.batch(batch_id)
     assert b is not None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, any_, bindparam, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -41,3 +42,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def insert(eng: Engine) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_update`` / ``on_conflict_do_nothing``."""
     return postgresql.insert if eng.dialect.name == "postgresql" else sqlite.insert
+
+
+def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:
+    """``column IN values``. On PostgreSQL as ``= ANY(array)``: one parameter, so a prepared statement's
+    generic plan still uses the index, where a long IN list can fall back to scanning the table."""
+    values = list(values)
+    if eng.dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def create_all(metadata: MetaData, eng: Engine) -> None:
+    """Create missing tables. Daemons and commands may start together, so on PostgreSQL the creation
+    runs under an advisory lock: two concurrent CREATE TABLEs of one name would make one of them fail."""
+    with eng.begin() as conn:
+        if eng.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7227316)"))
+        metadata.create_all(conn)

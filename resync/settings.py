@@ -29,6 +29,15 @@ def _pairs(value: str) -> dict[str, str]:
     return out
 
 
+def _month_day(key: str, value: str) -> tuple[int, int]:
+    try:
+        month, day = (int(p) for p in value.split("-"))
+        dt.date(2000, month, day)
+    except ValueError:
+        raise ConfigError(f"RESYNC_{key.upper()}={value!r} is not a month and day (MM-DD, e.g. 06-30)") from None
+    return month, day
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = Path("resync-data")
@@ -45,6 +54,14 @@ class Settings:
     objects: tuple[str, ...] | None = None
     school_year: int = field(default_factory=current_school_year)
     max_body: int = 256 * 1024
+    sync_years: frozenset[str] = frozenset()
+    """Adjacent school years synced besides the current one: ``previous``, ``next``."""
+    year_objects: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Objects configured for the previous / next year (default: every year-scoped object)."""
+    year_end: tuple[int, int] = (6, 30)
+    year_start: tuple[int, int] = (8, 15)
+    reminder_days: int = 30
+    today: dt.date | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,6 +92,26 @@ class Settings:
                     values[key] = int(raw)
                 except ValueError:
                     raise ConfigError(f"RESYNC_{key.upper()}={raw!r} is not a whole number") from None
+        if get("TODAY"):
+            try:
+                values["today"] = dt.date.fromisoformat(get("TODAY"))
+            except ValueError:
+                raise ConfigError(f"RESYNC_TODAY={get('TODAY')!r} is not a date (YYYY-MM-DD)") from None
+            values.setdefault("school_year", current_school_year(values["today"]))
+        if get("SYNC_YEARS"):
+            years = frozenset(y.lower() for y in items("SYNC_YEARS"))
+            if not years <= {"previous", "next"}:
+                raise ConfigError(f"RESYNC_SYNC_YEARS={get('SYNC_YEARS')!r}: use previous, next or previous,next")
+            values["sync_years"] = years
+        values["year_objects"] = {w: items(f"{w.upper()}_YEAR_OBJECTS") for w in ("previous", "next")
+                                  if get(f"{w.upper()}_YEAR_OBJECTS")}
+        for key in ("year_end", "year_start"):
+            if get(key.upper()):
+                values[key] = _month_day(key, get(key.upper()))
+        if get("REMINDER_DAYS"):
+            values["reminder_days"] = int(get("REMINDER_DAYS")) if get("REMINDER_DAYS").isdigit() else -1
+            if values["reminder_days"] < 0:
+                raise ConfigError("RESYNC_REMINDER_DAYS must be a whole number of days")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         check_district(settings.district)
@@ -99,3 +136,34 @@ class Settings:
 
     def user_for(self, district: str) -> str:
         return self.district_users.get(district, self.district_users.get("*", district))
+
+    def resolve_year(self, value: str | int | None) -> int:
+        """``current`` / ``previous`` / ``next`` / ``YYYY`` to a school year this district syncs."""
+        if value is None or value == "current":
+            return self.school_year
+        offsets = {"previous": -1, "next": 1}
+        if isinstance(value, str) and value in offsets:
+            year = self.school_year + offsets[value]
+        else:
+            try:
+                year = int(value)
+            except ValueError:
+                raise ConfigError(f"--year {value!r}: use current, previous, next or a year like 2027") from None
+        if year not in self.synced_years:
+            allowed = ", ".join(str(y) for y in sorted(self.synced_years))
+            raise ConfigError(f"school year {year} is not synced by this district (synced: {allowed}; "
+                              "RESYNC_SYNC_YEARS=previous,next adds the adjacent years)")
+        return year
+
+    @property
+    def synced_years(self) -> set[int]:
+        offsets = {"previous": -1, "next": 1}
+        return {self.school_year, *(self.school_year + offsets[w] for w in self.sync_years)}
+
+    def year_label(self, year: int) -> str:
+        return {self.school_year: "current", self.school_year - 1: "previous", self.school_year + 1: "next"}.get(
+            year, str(year))
+
+    @property
+    def today_date(self) -> dt.date:
+        return self.today or dt.date.today()

@@ -45,6 +45,10 @@ def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state:
     if state:
         cols.append(Column("district_id", String(64), primary_key=True))
     cols.append(Column("ref_id", REFID, primary_key=True))
+    if state:
+        # parent lookups name many ref_ids of one district: an index led by ref_id serves them
+        # whatever the planner's statistics say
+        cols.append(Index(f"ix_{obj.table}_ref_id"[:63], "ref_id"))
     for parent in obj.references:
         cols.append(Column(ref_column(parent), REFID, nullable=False))
         parent_table = catalog.get(parent).table

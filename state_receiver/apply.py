@@ -20,7 +20,7 @@ from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
 from messages.errors import Category, Code
 from messages.fields import fields
-from resync.db import insert
+from resync.db import insert, one_of
 from resync.tables import from_wire
 from state_receiver.schema import StateSchema
 
@@ -67,9 +67,16 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
             # 1. seen before (in an earlier batch or earlier in this one): answer the same way
             if e.msg_id in answered:
                 digest, previous = answered[e.msg_id]
-                acks[pos] = previous if digest == item.digest else _error(
-                    e, Category.EVENT_PROCESSING, Code.DUPLICATE_CONFLICT,
-                    f"message {e.msg_id} was already received with different content")
+                acks[pos] = (
+                    previous
+                    if digest == item.digest
+                    else _error(
+                        e,
+                        Category.EVENT_PROCESSING,
+                        Code.DUPLICATE_CONFLICT,
+                        f"message {e.msg_id} was already received with different content",
+                    )
+                )
                 continue
             # 2. deletes go one at a time, after what is pending, in a savepoint
             if e.action is Action.DELETE:
@@ -79,14 +86,20 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                 known.present[object_name].discard(e.ref_id)
             # 3. the record itself, or a parent of it, is not allowed to sync
             elif obj.excludable and e.data.get("state_exclude") is True:
-                ack = _error(e, Category.EVENT_PROCESSING, Code.STATE_EXCLUDED,
-                             f"{object_name} {e.ref_id} is state-excluded and is not allowed to sync")
-            elif excluded_parent := next(
-                (p for p in obj.references if e.parents[p] in known.excluded[p]), None
-            ):
-                ack = _error(e, Category.EVENT_PROCESSING, Code.UNDER_EXCLUDED,
-                             f"{object_name} {e.ref_id} is under state-excluded {excluded_parent} "
-                             f"{e.parents[excluded_parent]} and is not allowed to sync")
+                ack = _error(
+                    e,
+                    Category.EVENT_PROCESSING,
+                    Code.STATE_EXCLUDED,
+                    f"{object_name} {e.ref_id} is state-excluded and is not allowed to sync",
+                )
+            elif excluded_parent := next((p for p in obj.references if e.parents[p] in known.excluded[p]), None):
+                ack = _error(
+                    e,
+                    Category.EVENT_PROCESSING,
+                    Code.UNDER_EXCLUDED,
+                    f"{object_name} {e.ref_id} is under state-excluded {excluded_parent} "
+                    f"{e.parents[excluded_parent]} and is not allowed to sync",
+                )
             # 4. every parent must already be at the state
             elif missing := next((p for p in obj.references if e.parents[p] not in known.present[p]), None):
                 ack = _missing_parent(conn, schema, district, e, missing)
@@ -98,8 +111,9 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                 continue
             if ack.error is not None and ack.error.code in (Code.STATE_EXCLUDED, Code.UNDER_EXCLUDED):
                 known.excluded[object_name].add(e.ref_id)
-                new_excluded.append({"district_id": district, "object": object_name, "ref_id": e.ref_id,
-                                     "code": ack.error.code})
+                new_excluded.append(
+                    {"district_id": district, "object": object_name, "ref_id": e.ref_id, "code": ack.error.code}
+                )
             answered[e.msg_id] = (item.digest, ack)
             acks[pos] = ack
             fresh.append((item, ack))
@@ -110,19 +124,25 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
     return [acks[pos] for pos in range(len(batch))]
 
 
-def _previous_answers(conn: Connection, schema: StateSchema, district: str,
-                      msg_ids: list[str]) -> dict[str, tuple[str, Ack]]:
+def _previous_answers(
+    conn: Connection, schema: StateSchema, district: str, msg_ids: list[str]
+) -> dict[str, tuple[str, Ack]]:
+    # by key alone, filtering the district here: the index led by the key is then the only plan, even
+    # before the planner has statistics on a table that grew since it was last analyzed
     t = schema.inbox
-    rows = conn.execute(select(t).where(t.c.district_id == district, t.c.msg_id.in_(set(msg_ids)))).all()
+    rows = conn.execute(select(t).where(one_of(t.c.msg_id, set(msg_ids), conn.engine))).all()
     out = {}
     for r in rows:
+        if r.district_id != district:
+            continue
         err = ErrorInfo(r.category, r.code, r.description or "") if r.status == "error" else None
         out[r.msg_id] = (r.digest, Ack(r.msg_id, r.status, err, r.object, r.ref_id, r.batch_id))
     return out
 
 
-def _learn_parents(conn: Connection, schema: StateSchema, district: str, object_name: str,
-                   events: list[Event], known: _Known) -> None:
+def _learn_parents(
+    conn: Connection, schema: StateSchema, district: str, object_name: str, events: list[Event], known: _Known
+) -> None:
     obj = schema.catalog.get(object_name)
     for parent in obj.references:
         refs = {e.parents[parent] for e in events if e.action is not Action.DELETE}
@@ -130,27 +150,39 @@ def _learn_parents(conn: Connection, schema: StateSchema, district: str, object_
         if not refs:
             continue
         pt = schema.tables[parent]
-        found = conn.execute(select(pt.c.ref_id).where(pt.c.district_id == district, pt.c.ref_id.in_(refs)))
-        known.present[parent].update(r[0] for r in found)
+        found = conn.execute(select(pt.c.district_id, pt.c.ref_id).where(one_of(pt.c.ref_id, refs, conn.engine)))
+        known.present[parent].update(r.ref_id for r in found if r.district_id == district)
         refs -= known.present[parent]
         if refs:
             x = schema.excluded
-            found = conn.execute(select(x.c.ref_id).where(
-                x.c.district_id == district, x.c.object == parent, x.c.ref_id.in_(refs)))
+            found = conn.execute(
+                select(x.c.ref_id).where(
+                    x.c.district_id == district, x.c.object == parent, one_of(x.c.ref_id, refs, conn.engine)
+                )
+            )
             known.excluded[parent].update(r[0] for r in found)
 
 
 def _missing_parent(conn: Connection, schema: StateSchema, district: str, e: Event, parent: str) -> Ack:
     ref = e.parents[parent]
     pt = schema.tables[parent]
-    elsewhere = conn.execute(select(pt.c.district_id).where(pt.c.ref_id == ref, pt.c.district_id != district)
-                             .limit(1)).first()
+    elsewhere = conn.execute(
+        select(pt.c.district_id).where(pt.c.ref_id == ref, pt.c.district_id != district).limit(1)
+    ).first()
     if elsewhere is not None:
-        return _error(e, Category.ACCESS, Code.FOREIGN_PARENT,
-                      f"{e.object} {e.ref_id} points at {parent} {ref}, which belongs to another district")
-    return _error(e, Category.EVENT_PROCESSING, Code.PARENT_MISSING,
-                  f"{e.object} {e.ref_id}: parent {parent} {ref} is missing at the state",
-                  f"resync {parent} first, or send with Check Dependencies")
+        return _error(
+            e,
+            Category.ACCESS,
+            Code.FOREIGN_PARENT,
+            f"{e.object} {e.ref_id} points at {parent} {ref}, which belongs to another district",
+        )
+    return _error(
+        e,
+        Category.EVENT_PROCESSING,
+        Code.PARENT_MISSING,
+        f"{e.object} {e.ref_id}: parent {parent} {ref} is missing at the state",
+        f"resync {parent} first, or send with Check Dependencies",
+    )
 
 
 def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, Any]:
@@ -166,8 +198,13 @@ def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, An
     return row
 
 
-def _upsert(conn: Connection, table: Any, pending: list[tuple[int, Incoming, dict[str, Any]]],
-            acks: dict[int, Ack], fresh: list[tuple[Incoming, Ack]]) -> None:
+def _upsert(
+    conn: Connection,
+    table: Any,
+    pending: list[tuple[int, Incoming, dict[str, Any]]],
+    acks: dict[int, Ack],
+    fresh: list[tuple[Incoming, Ack]],
+) -> None:
     if not pending:
         return
     stmt = insert(conn.engine)(table)
@@ -188,9 +225,19 @@ def _upsert(conn: Connection, table: Any, pending: list[tuple[int, Incoming, dic
                     conn.execute(stmt, [row])
                 outcome.append((pos, item, _ok(item.event)))
             except IntegrityError as e:
-                outcome.append((pos, item, _error(
-                    item.event, Category.EVENT_PROCESSING, Code.PARENT_MISSING,
-                    f"{item.event.object} {item.event.ref_id}: a parent is missing at the state", str(e.orig)[:500])))
+                outcome.append(
+                    (
+                        pos,
+                        item,
+                        _error(
+                            item.event,
+                            Category.EVENT_PROCESSING,
+                            Code.PARENT_MISSING,
+                            f"{item.event.object} {item.event.ref_id}: a parent is missing at the state",
+                            str(e.orig)[:500],
+                        ),
+                    )
+                )
     for pos, item, ack in outcome:
         acks[pos] = ack
         fresh.append((item, ack))
@@ -199,38 +246,85 @@ def _upsert(conn: Connection, table: Any, pending: list[tuple[int, Incoming, dic
 def _delete(conn: Connection, table: Any, district: str, e: Event) -> Ack:
     try:
         with conn.begin_nested():
-            conn.execute(delete(table).where(and_(table.c.district_id == district, table.c.ref_id == e.ref_id,
-                                                  table.c.source_ts <= e.ts)))
+            conn.execute(
+                delete(table).where(
+                    and_(table.c.district_id == district, table.c.ref_id == e.ref_id, table.c.source_ts <= e.ts)
+                )
+            )
     except IntegrityError as err:
-        return _error(e, Category.EVENT_PROCESSING, Code.HAS_CHILDREN,
-                      f"{e.object} {e.ref_id} still has child records at the state; delete them first",
-                      str(err.orig)[:500])
+        return _error(
+            e,
+            Category.EVENT_PROCESSING,
+            Code.HAS_CHILDREN,
+            f"{e.object} {e.ref_id} still has child records at the state; delete them first",
+            str(err.orig)[:500],
+        )
     return _ok(e)
 
 
-def _record(conn: Connection, schema: StateSchema, district: str, fresh: list[tuple[Incoming, Ack]],
-            new_excluded: list[dict[str, Any]], now: str) -> None:
+def _record(
+    conn: Connection,
+    schema: StateSchema,
+    district: str,
+    fresh: list[tuple[Incoming, Ack]],
+    new_excluded: list[dict[str, Any]],
+    now: str,
+) -> None:
     if fresh:
-        conn.execute(insert(conn.engine)(schema.inbox).on_conflict_do_nothing(), [
-            {"district_id": district, "msg_id": a.msg_id, "digest": item.digest, "batch_id": item.event.batch,
-             "object": item.event.object, "ref_id": item.event.ref_id, "school_year": item.event.year,
-             "status": a.status, "category": a.error.category if a.error else None,
-             "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
-             "received_at": now}
-            for item, a in fresh
-        ])
+        conn.execute(
+            insert(conn.engine)(schema.inbox).on_conflict_do_nothing(),
+            [
+                {
+                    "district_id": district,
+                    "msg_id": a.msg_id,
+                    "digest": item.digest,
+                    "batch_id": item.event.batch,
+                    "object": item.event.object,
+                    "ref_id": item.event.ref_id,
+                    "school_year": item.event.year,
+                    "status": a.status,
+                    "category": a.error.category if a.error else None,
+                    "code": a.error.code if a.error else None,
+                    "description": a.error.desc if a.error else None,
+                    "received_at": now,
+                }
+                for item, a in fresh
+            ],
+        )
     errors = [(item, a) for item, a in fresh if a.error is not None]
     if errors:
-        log_errors(conn, schema, district, [(item.event.msg_id, item.event.object, item.event.ref_id, a.error)
-                                            for item, a in errors if a.error], now)
+        log_errors(
+            conn,
+            schema,
+            district,
+            [(item.event.msg_id, item.event.object, item.event.ref_id, a.error) for item, a in errors if a.error],
+            now,
+        )
     if new_excluded:
         conn.execute(insert(conn.engine)(schema.excluded).on_conflict_do_nothing(), new_excluded)
 
 
-def log_errors(conn: Connection, schema: StateSchema, district: str | None,
-               errors: list[tuple[str | None, str | None, str | None, ErrorInfo]], now: str) -> None:
-    conn.execute(schema.error_log.insert(), [
-        {"district_id": district, "msg_id": msg_id, "object": obj, "ref_id": ref, "category": err.category,
-         "code": err.code, "description": err.desc, "extended": err.extended, "logged_at": now}
-        for msg_id, obj, ref, err in errors
-    ])
+def log_errors(
+    conn: Connection,
+    schema: StateSchema,
+    district: str | None,
+    errors: list[tuple[str | None, str | None, str | None, ErrorInfo]],
+    now: str,
+) -> None:
+    conn.execute(
+        schema.error_log.insert(),
+        [
+            {
+                "district_id": district,
+                "msg_id": msg_id,
+                "object": obj,
+                "ref_id": ref,
+                "category": err.category,
+                "code": err.code,
+                "description": err.desc,
+                "extended": err.extended,
+                "logged_at": now,
+            }
+            for msg_id, obj, ref, err in errors
+        ],
+    )

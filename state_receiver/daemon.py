@@ -53,7 +53,7 @@ class Receiver:
             self.broker.declare_district(d)
 
     def run(self, stop: threading.Event) -> None:
-        self.setup()
+        run_forever(self.setup, stop, "start-up")
         log.info("receiver started", districts=list(self.districts), broker=self.broker.describe())
         run_forever(lambda: self._serve(stop), stop, "receiver")
         log.info("receiver stopped", applied=self.applied)

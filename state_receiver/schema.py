@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text
 
 from messages.catalog import Catalog
+from resync.db import create_all
 from resync.tables import REFID, object_tables
 
 
@@ -18,8 +19,10 @@ class StateSchema:
         m = self.metadata
         self.inbox = Table(
             "receiver_inbox", m,
-            Column("district_id", String(64), primary_key=True),
+            # msg_id first: lookups name many msg_ids of one district, and the index must serve them
+            # even before the planner has statistics
             Column("msg_id", REFID, primary_key=True),
+            Column("district_id", String(64), primary_key=True),
             Column("digest", String(32), nullable=False),
             Column("batch_id", REFID),
             Column("object", String(64)),
@@ -65,4 +68,4 @@ class StateSchema:
         )
 
     def create(self, engine: Engine) -> None:
-        self.metadata.create_all(engine)
+        create_all(self.metadata, engine)

@@ -63,6 +63,8 @@ class Site:
             b = store.batch(batch_id)
             if b and b["status"] not in ("queued", "running", "sent"):
                 return b
+            if any(p.poll() is not None for p in self.procs):
+                break
             time.sleep(0.2)
         daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
         raise AssertionError(f"batch {batch_id} did not finish: {store.batch_objects(batch_id)}\n{daemon_logs}")
