@@ -12,13 +12,14 @@ import threading
 import structlog
 from sqlalchemy import Engine
 
-from agent.store import AgentStore
+from agent.status import SEVERITY, colour, plan_batch
+from agent.store import STATE, AgentStore
 from messages.catalog import Catalog
-from messages.codec import decode_acks
+from messages.codec import decode_acks, decode_request
 from messages.envelope import MarkerKind, now_ts
-from messages.errors import DecodeError
+from messages.errors import Code, DecodeError, FatalError
 from publisher.publish import ObjectPublisher
-from resync.brokers import Broker, Topology
+from resync.brokers import Broker, Delivery, Topology
 from resync.retry import TRANSIENT, run_forever
 from resync.settings import Settings
 
@@ -73,8 +74,9 @@ class Agent:
                  year=batch["school_year"])
         with self.broker.connect() as conn:
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
+            year, request = batch["school_year"], batch["request_id"]
             if not resumed:
-                pub.marker(batch_id, MarkerKind.BATCH_START, year=batch["school_year"])
+                pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request)
             for obj in self.store.batch_objects(batch_id):
                 if obj["sent_at"] is not None:
                     continue
@@ -84,24 +86,36 @@ class Agent:
                 def progress(count: int, last_ref: str, name: str = obj["object"]) -> None:
                     self.store.add_sent(batch_id, name, count, last_ref)
 
+                def should_stop() -> bool:
+                    return stop.is_set() or self.store.is_cancelled(batch_id)
+
                 pub.publish_object(batch_id, obj["object"], batch["school_year"], after=obj["last_ref_id"],
-                                   progress=progress, should_stop=stop.is_set)
+                                   progress=progress, should_stop=should_stop)
+                if self.store.is_cancelled(batch_id):
+                    pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request)
+                    log.info("batch cancelled", batch=batch_id)
+                    return
                 if stop.is_set():
                     return
                 self.store.set_object(batch_id, obj["object"], sent_at=now_ts())
-                log.info("object sent", batch=batch_id, object=obj["object"])
-            pub.marker(batch_id, MarkerKind.BATCH_END, year=batch["school_year"])
+                log.info("object sent", batch=batch_id, object=obj["object"] if not request else None)
+            pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
 
-    # acks -----------------------------------------------------------------------------------
+    # acks and control messages --------------------------------------------------------------
 
     def _consume_acks(self, stop: threading.Event) -> None:
         with self.broker.connect() as conn:
             conn.consume(Topology.acks(self.district), prefetch=20)
+            conn.consume(Topology.control(self.district), prefetch=20)
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
                 acks = []
                 for d in deliveries:
+                    if d.queue == Topology.control(self.district):
+                        if not self._control(d):
+                            conn.dead_letter(d.delivery_tag)
+                        continue
                     try:
                         acks.extend(decode_acks(d.body).acks)
                     except DecodeError as e:
@@ -113,4 +127,47 @@ class Agent:
                 if deliveries:
                     conn.ack(deliveries[-1].delivery_tag, multiple=True)
                 for batch_id in self.store.complete_finished():
-                    log.info("batch completed", batch=batch_id)
+                    self._notify(batch_id)
+
+    def _control(self, d: Delivery) -> bool:
+        """A resync request from the state: post the alert and queue the batch. Only the state's broker
+        identity may ask; anything else is logged and dead-lettered (returns False)."""
+        if d.user_id != self.settings.state_user:
+            self.store.log_error(f"control message from broker user {d.user_id!r} rejected: only the state "
+                                 f"({self.settings.state_user!r}) may request a resync", category=4,
+                                 code=Code.WRONG_SOURCE)
+            log.warning("control message rejected", user=d.user_id)
+            return False
+        try:
+            request = decode_request(d.body)
+            if self.store.has_request(request.request_id):
+                return True  # redelivered: the batch is already queued
+            year = self.settings.resolve_year(request.year)
+            plan = plan_batch(self.catalog, self.engine, self.settings, request.objects or [],
+                              send_all=request.objects is None, check_dependencies=True, year=year, strict=False)
+        except (DecodeError, FatalError) as e:
+            self.store.log_error(f"state resync request could not be carried out: {e}", category=8)
+            log.warning("state request refused", error=str(e))
+            return False
+        self.store.post_alert("Vertical Interoperability", "State Resync Requested")
+        kind = "full" if request.objects is None else "partial"
+        batch_id = self.store.queue_batch(plan, kind=kind, year=year, check_dependencies=True, initiator=STATE,
+                                          requested_by="state", request_id=request.request_id)
+        log.info("state resync requested", batch=batch_id)
+        return True
+
+    def _notify(self, batch_id: str) -> None:
+        batch = self.store.batch(batch_id)
+        if batch is None or batch["initiator"] == STATE:
+            log.info("batch completed", batch=batch_id)
+            return
+        objects = self.store.batch_objects(batch_id)
+        processed = sum(o["processed"] for o in objects)
+        errors = sum(o["errors"] for o in objects)
+        worst = max((colour(o["processed"], o["errors"], True) for o in objects), key=SEVERITY.index,
+                    default="green")
+        self.store.post_alert("Vertical Interoperability", "Resync complete", detail=(
+            f"batch {batch_id} ({batch['kind']}, school year {batch['school_year']}): {len(objects)} objects "
+            f"({', '.join(o['object'] for o in objects)}); processed {processed}, errors {errors}; "
+            f"worst status {worst}"))
+        log.info("batch completed", batch=batch_id, processed=processed, errors=errors, worst=worst)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,8 +12,10 @@ from agent.store import ACTIVE, AgentStore, PlannedObject
 from messages.catalog import Catalog
 from messages.errors import ConfigError
 from publisher.schema import DistrictSchema
+from resync.settings import Settings
 
 ERROR_THRESHOLD = 0.01  # the vendor's 1.0 %
+SEVERITY = ["green", "yellow", "red"]
 
 LEGEND = {
     "green": "completed with no errors",
@@ -46,10 +49,14 @@ def colour(processed: int, errors: int, finished: bool) -> str:
     return "yellow" if errors <= ERROR_THRESHOLD * processed else "red"
 
 
-def status_rows(catalog: Catalog, store: AgentStore, year: int, *, hide_completed: bool = False) -> list[StatusRow]:
+def status_rows(catalog: Catalog, store: AgentStore, settings: Settings, year: int, *,
+                hide_completed: bool = False) -> list[StatusRow]:
     latest = store.latest_per_object(year)
+    shown = set(year_objects(catalog, settings, year))
     rows = []
     for name, depth in catalog.tree():
+        if name not in shown:
+            continue
         obj = catalog.get(name)
         r = latest.get(name)
         if r is None:
@@ -65,12 +72,58 @@ def status_rows(catalog: Catalog, store: AgentStore, year: int, *, hide_complete
     return rows
 
 
-def plan_batch(catalog: Catalog, engine: Engine, objects: list[str], *, send_all: bool,
-               check_dependencies: bool, year: int) -> list[PlannedObject]:
+def year_objects(catalog: Catalog, settings: Settings, year: int) -> list[str]:
+    """Objects that can be resynced for ``year``: every object for the current year; for the previous or
+    next year only objects tied to a school year and configured to sync for it."""
+    if year == settings.school_year:
+        return catalog.names()
+    configured = settings.year_objects.get(settings.year_label(year))
+    wanted = None if configured is None else {catalog.get(n).name for n in configured}
+    return [n for n in catalog.names() if catalog.get(n).year_scoped and (wanted is None or n in wanted)]
+
+
+def plan_batch(catalog: Catalog, engine: Engine, settings: Settings, objects: list[str], *, send_all: bool,
+               check_dependencies: bool, year: int, strict: bool = True) -> list[PlannedObject]:
+    """The objects of a batch in send order with their record counts. ``strict``: an object that cannot be
+    resynced for ``year`` is an error (a district's request) rather than left out (a state's request)."""
     if send_all and objects:
         raise ConfigError("give either --all or object names, not both")
     if not send_all and not objects:
         raise ConfigError("name the objects to resync, or use --all for a full resync")
-    names = catalog.names() if send_all else catalog.plan(objects, check_dependencies=check_dependencies)
+    allowed = year_objects(catalog, settings, year)
+    if send_all:
+        names = allowed
+    else:
+        picked = [catalog.get(n).name for n in objects]
+        refused = [n for n in picked if n not in allowed]
+        if refused and strict:
+            n = refused[0]
+            label = settings.year_label(year)
+            if not catalog.get(n).year_scoped:
+                raise ConfigError(f"{n} is not tied to a school year: it is resynced only with the current "
+                                  f"year ({settings.school_year}), not the {label} year {year}")
+            raise ConfigError(f"{n} is not configured to sync for the {label} school year {year} "
+                              f"(RESYNC_{label.upper()}_YEAR_OBJECTS)")
+        # parents outside this year's set are synced with the current year
+        names = [n for n in catalog.plan(picked, check_dependencies=check_dependencies) if n in allowed]
     schema = DistrictSchema(catalog)
     return [PlannedObject(n, schema.count(engine, n, year)) for n in names]
+
+
+def reminders(settings: Settings, store: AgentStore) -> list[str]:
+    """Mandatory full resyncs that are due: at the end of the school year (before it rolls over on July 1)
+    and at its start (after the rollover), each within ``reminder_days`` of the configured dates."""
+    today, year = settings.today_date, settings.school_year
+    window = dt.timedelta(days=settings.reminder_days)
+    rollover = dt.date(year - 1, 7, 1)
+    year_end = dt.date(year, *settings.year_end)
+    year_start = dt.date(year - 1, *settings.year_start)
+    label = f"{year - 1}-{year % 100:02d}"
+    out = []
+    if year_end - window <= today < dt.date(year, 7, 1) and not store.full_resync_since(year, year_end - window):
+        out.append(f"A mandatory end-of-year full resync of {label} is due: the school year ends "
+                   f"{year_end:%m/%d/%Y} and rolls over on 07/01/{year}; run `resync send --all` before then.")
+    if rollover <= today <= year_start + window and not store.full_resync_since(year, rollover):
+        out.append(f"A mandatory start-of-year full resync of {label} is due: after enrollments roll forward, "
+                   f"run `resync send --all` (the year starts {year_start:%m/%d/%Y}).")
+    return out

@@ -41,6 +41,7 @@ batch = Table(
     Column("sent_at", String(32)),
     Column("completed_at", String(32)),
     Column("message", Text),
+    Column("request_id", String(32), unique=True),  # the state's request, for a state-initiated batch
 )
 
 batch_object = Table(
@@ -89,7 +90,21 @@ error_log = Table(
     Column("extended", Text),
 )
 
+process_alert = Table(
+    "process_alert", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("process", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("posted", String(32), nullable=False),
+    Column("due", String(32)),
+    Column("read", Boolean, nullable=False, default=False),
+    Column("detail", Text),
+)
+
 ACTIVE = ("queued", "running", "sent")
+STATE = "state"
+# What a district may see of a batch the state requested: that it ran, never which objects.
+_VISIBLE = batch.c.initiator != STATE
 
 
 @dataclass(frozen=True)
@@ -108,13 +123,14 @@ class AgentStore:
     # batches --------------------------------------------------------------------------------
 
     def queue_batch(self, objects: list[PlannedObject], *, kind: str, year: int, check_dependencies: bool,
-                    initiator: str = "district", requested_by: str = "district administrator") -> str:
+                    initiator: str = "district", requested_by: str = "district administrator",
+                    request_id: str | None = None) -> str:
         batch_id = new_id()
         now = now_ts()
         with self.engine.begin() as conn:
             conn.execute(batch.insert().values(
                 batch_id=batch_id, kind=kind, initiator=initiator, requested_by=requested_by, school_year=year,
-                check_dependencies=check_dependencies, status="queued", created_at=now))
+                check_dependencies=check_dependencies, status="queued", created_at=now, request_id=request_id))
             conn.execute(batch_object.insert(), [
                 {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year, "expected": o.expected,
                  "sent": 0, "processed": 0, "errors": 0, "last_ref_id": ""}
@@ -227,7 +243,7 @@ class AgentStore:
         query = (select(batch_object, batch.c.status.label("batch_status"), batch.c.initiator,
                         batch.c.created_at)
                  .join(batch, batch.c.batch_id == batch_object.c.batch_id)
-                 .where(batch_object.c.school_year == year)
+                 .where(batch_object.c.school_year == year, _VISIBLE)
                  .order_by(batch.c.created_at))
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
@@ -235,25 +251,32 @@ class AgentStore:
                 out[row.object] = dict(row._mapping)
         return out
 
-    def history(self, *, obj: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def history(self, *, obj: str | None = None, year: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Every batch, newest first. A state-initiated batch shows its totals, never its objects."""
         with self.engine.connect() as conn:
             query = select(batch).order_by(batch.c.created_at.desc()).limit(limit)
             if obj:
-                query = query.where(batch.c.batch_id.in_(
+                query = query.where(_VISIBLE, batch.c.batch_id.in_(
                     select(batch_object.c.batch_id).where(batch_object.c.object == obj)))
+            if year:
+                query = query.where(batch.c.school_year == year)
             batches = [dict(r._mapping) for r in conn.execute(query)]
             for b in batches:
                 objs = conn.execute(select(batch_object).where(batch_object.c.batch_id == b["batch_id"])
                                     .order_by(batch_object.c.position)).all()
-                b["objects"] = [dict(o._mapping) for o in objs]
+                b.pop("request_id")
+                b["objects"] = None if b["initiator"] == STATE else [dict(o._mapping) for o in objs]
                 b["sent"] = sum(o.sent for o in objs)
                 b["processed"] = sum(o.processed for o in objs)
                 b["errors"] = sum(o.errors for o in objs)
         return batches
 
     def log(self, *, batch_id: str | None = None, obj: str | None = None, errors_only: bool = False,
-            limit: int = 50) -> list[dict[str, Any]]:
-        query = select(agent_log).order_by(agent_log.c.id.desc()).limit(limit)
+            year: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = (select(agent_log).order_by(agent_log.c.id.desc()).limit(limit)
+                 .where(agent_log.c.batch_id.not_in(self._state_batches())))
+        if year:
+            query = query.where(agent_log.c.batch_id.in_(select(batch.c.batch_id).where(batch.c.school_year == year)))
         if batch_id:
             query = query.where(agent_log.c.batch_id == batch_id)
         if obj:
@@ -265,8 +288,49 @@ class AgentStore:
 
     def errors(self, *, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(error_log).order_by(error_log.c.id.desc()).limit(limit))
+            rows = conn.execute(select(error_log).order_by(error_log.c.id.desc()).limit(limit).where(
+                (error_log.c.batch_id.is_(None)) | error_log.c.batch_id.not_in(self._state_batches())))
             return [dict(r._mapping) for r in rows]
+
+    def full_resync_since(self, year: int, since: Any) -> bool:
+        """Whether a full resync of ``year`` completed on or after the date ``since``."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(batch.c.batch_id).where(
+                batch.c.kind == "full", batch.c.status == "completed", batch.c.school_year == year,
+                batch.c.completed_at >= since.isoformat())).first() is not None
+
+    @staticmethod
+    def _state_batches() -> Any:
+        return select(batch.c.batch_id).where(batch.c.initiator == STATE)
+
+    def cancel(self, batch_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(batch).where(batch.c.batch_id == batch_id, batch.c.status.in_(ACTIVE))
+                         .values(status="cancelled", completed_at=now_ts(),
+                                 message="cancelled by the district administrator"))
+
+    def is_cancelled(self, batch_id: str) -> bool:
+        b = self.batch(batch_id)
+        return b is not None and b["status"] == "cancelled"
+
+    def has_request(self, request_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(batch.c.batch_id).where(batch.c.request_id == request_id)).first() is not None
+
+    # process alerts -------------------------------------------------------------------------
+
+    def post_alert(self, process: str, name: str, detail: str = "", due: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(process_alert.insert().values(process=process, name=name, posted=now_ts(), due=due,
+                                                       read=False, detail=detail))
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(process_alert).order_by(process_alert.c.id.desc()))]
+
+    def delete_alerts(self, ids: list[int]) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(process_alert.delete().where(process_alert.c.id.in_(ids))).rowcount
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Per active batch: records sent that have not been acknowledged yet."""

@@ -205,7 +205,8 @@ def decode_acks(body: bytes, *, max_size: int = 64 * 1024 * 1024) -> AckPack:
 
 def encode_marker(m: Marker) -> bytes:
     return orjson.dumps({"v": VERSION, "msg_id": m.msg_id, "ts": m.ts, "source": m.source, "batch": m.batch,
-                         "kind": m.kind.value, "object": m.object, "year": m.year, "count": m.count})
+                         "kind": m.kind.value, "object": m.object, "year": m.year, "count": m.count,
+                         "request": m.request})
 
 
 def decode_marker(body: bytes) -> Marker:
@@ -217,7 +218,8 @@ def decode_marker(body: bytes) -> Marker:
         f.fail(Category.VALIDATION, Code.BAD_FIELD, f"unknown marker kind {kind_raw[:30]!r}")
     return Marker(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("batch"), kind,
                   f.get("object", str, nullable=True), f.get("year", int, nullable=True),
-                  f.get("count", int, nullable=True))
+                  f.get("count", int, nullable=True),
+                  f.refid("request", nullable=True) if f.doc.get("request") is not None else None)
 
 
 def encode_request(r: ResyncRequest) -> bytes:

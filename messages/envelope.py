@@ -33,6 +33,7 @@ class MarkerKind(StrEnum):
     BATCH_START = "batch_start"
     OBJECT_END = "object_end"
     BATCH_END = "batch_end"
+    BATCH_CANCELLED = "batch_cancelled"
 
 
 def new_id() -> str:
@@ -106,6 +107,8 @@ class Marker:
     object: str | None = None
     year: int | None = None
     count: int | None = None
+    request: str | None = None
+    """The state's request id, on the markers of a state-initiated batch."""
 
 
 @dataclass(slots=True)

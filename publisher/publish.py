@@ -58,7 +58,7 @@ class ObjectPublisher:
         sent = 0
         for page in rows(self.engine, self.schema, name, year, after=after):
             if should_stop():
-                break
+                return sent  # no end marker: the object is not complete
             ts = now_ts()
             for row in page:
                 self.seq += 1
@@ -74,7 +74,7 @@ class ObjectPublisher:
         return sent
 
     def marker(self, batch: str, kind: MarkerKind, name: str | None = None, year: int | None = None,
-               count: int | None = None) -> None:
-        m = Marker(new_id(), now_ts(), self.district, batch, kind, name, year, count)
+               count: int | None = None, request: str | None = None) -> None:
+        m = Marker(new_id(), now_ts(), self.district, batch, kind, name, year, count, request)
         self.conn.publish(self.queue, encode_marker(m), kind=Kind.MARKER, message_id=m.msg_id)
         self.conn.flush()

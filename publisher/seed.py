@@ -170,9 +170,13 @@ _KEEP = {
 }
 
 
-def seed(engine: Engine, catalog: Catalog, *, students: int, seed: int = 1, years: list[int]) -> dict[str, int]:
-    """Create the district tables and fill them. Returns the number of rows per object."""
+def seed(engine: Engine, catalog: Catalog, *, students: int, seed: int = 1, years: list[int],
+         current: int | None = None) -> dict[str, int]:
+    """Create the district tables and fill them for each school year in ``years``. People point at the
+    schedule structures of the ``current`` year (default: the latest seeded). Returns rows per object."""
     g = Generator(engine, catalog, students, seed, years)
+    if current in g.years:
+        g.current = current
     g.schema.create(engine)
     counts: dict[str, int] = {}
 

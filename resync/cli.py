@@ -13,8 +13,8 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from agent.status import LEGEND, plan_batch, status_rows
-from agent.store import ACTIVE, AgentStore
+from agent.status import LEGEND, plan_batch, reminders, status_rows
+from agent.store import ACTIVE, STATE, AgentStore
 from messages import catalog as catalog_mod
 from messages.catalog import Catalog
 from messages.errors import FatalError, ResyncError
@@ -26,6 +26,7 @@ from resync.render import DOTS, console, emit_json, table, when
 from resync.settings import Settings
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+YEAR = click.option("--year", help="current, previous, next, or a year like 2027 (default: current).")
 
 
 class Ctx:
@@ -44,8 +45,15 @@ class Ctx:
         store.create()
         return store
 
-    def year(self, year: int | None) -> int:
-        return year or self.settings.school_year
+    def year(self, year: str | None) -> int:
+        return self.settings.resolve_year(year)
+
+    def state_engine(self) -> Any:
+        from state_receiver.schema import StateSchema
+
+        eng = engine(self.settings.state_db_url)
+        StateSchema(self.catalog).create(eng)
+        return eng
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -84,11 +92,12 @@ def objects(c: Ctx, as_json: bool) -> None:
 @cli.command()
 @click.option("--students", type=click.IntRange(1, 2_000_000), default=500, show_default=True)
 @click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Same seed, same district.")
-@click.option("--year", type=int, help="School year to seed (default: the current one).")
+@click.option("--year", "years", type=int, multiple=True,
+              help="School year to seed; repeat for several (default: the current one).")
 @click.option("--reset", is_flag=True, help="Drop the district's object tables first.")
 @JSON
 @pass_ctx
-def seed(c: Ctx, students: int, seed_value: int, year: int | None, reset: bool, as_json: bool) -> None:
+def seed(c: Ctx, students: int, seed_value: int, years: tuple[int, ...], reset: bool, as_json: bool) -> None:
     """Fill the district database with a realistic, deterministic district."""
     from publisher.schema import DistrictSchema
     from publisher.seed import seed as run_seed
@@ -100,28 +109,30 @@ def seed(c: Ctx, students: int, seed_value: int, year: int | None, reset: bool, 
         raise FatalError("the district database already holds records; add --reset to replace them")
     started = time.monotonic()
     with console.status(f"seeding {students} students ..."):
-        counts = run_seed(eng, c.catalog, students=students, seed=seed_value, years=[c.year(year)])
+        seeded = sorted(set(years)) or [c.settings.school_year]
+        counts = run_seed(eng, c.catalog, students=students, seed=seed_value, years=seeded,
+                          current=c.settings.school_year)
     if as_json:
-        return emit_json({"records": sum(counts.values()), "objects": counts})
+        return emit_json({"records": sum(counts.values()), "objects": counts, "years": seeded})
     console.print(f"seeded {sum(counts.values()):,} records in {len(counts)} objects "
-                  f"for school year {c.year(year)} in {time.monotonic() - started:.1f}s")
+                  f"for school year(s) {', '.join(map(str, seeded))} in {time.monotonic() - started:.1f}s")
 
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[OBJECT]...")
 @click.option("--all", "send_all", is_flag=True, help="Full resync: every object.")
 @click.option("--check-dependencies", "-d", is_flag=True, help="Add every parent the picked objects need.")
-@click.option("--year", type=int, help="School year (default: the current one).")
+@YEAR
 @click.option("--dry-run", is_flag=True, help="Print the plan and send nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until every ack is in.")
 @JSON
 @pass_ctx
-def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: int | None,
+def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: str | None,
          dry_run: bool, wait: bool, as_json: bool) -> None:
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
-    plan = plan_batch(c.catalog, store.engine, list(names), send_all=send_all,
+    plan = plan_batch(c.catalog, store.engine, c.settings, list(names), send_all=send_all,
                       check_dependencies=check_dependencies, year=y)
     if dry_run:
         if as_json:
@@ -171,51 +182,67 @@ def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: 
 
 
 @cli.command()
-@click.option("--year", type=int, help="School year (default: the current one).")
+@YEAR
 @click.option("--hide-completed", is_flag=True, help="Hide objects completed without errors.")
 @JSON
 @pass_ctx
-def status(c: Ctx, year: int | None, hide_completed: bool, as_json: bool) -> None:
+def status(c: Ctx, year: str | None, hide_completed: bool, as_json: bool) -> None:
     """The Resync State Data table: per object, Last Resync, counts and status."""
     y = c.year(year)
-    rows = status_rows(c.catalog, c.store(), y, hide_completed=hide_completed)
+    store = c.store()
+    rows = status_rows(c.catalog, store, c.settings, y, hide_completed=hide_completed)
+    due = reminders(c.settings, store)
     if as_json:
+        for line in due:
+            click.echo(f"reminder: {line}", err=True)
         return emit_json([r.as_dict() for r in rows])
+    show_status_table(f"Resync State Data: {c.settings.year_label(y)} school year {y - 1}-{y % 100:02d} "
+                      f"({c.settings.district})", rows)
+    for line in due:
+        console.print(f"[bold yellow]Reminder:[/] {line}")
+
+
+def show_status_table(title: str, rows: list[Any]) -> None:
     legend = "   ".join(f"{DOTS[k]} {v}" for k, v in LEGEND.items())
-    table(f"Resync State Data: school year {y - 1}-{y % 100:02d} ({c.settings.district})",
+    rows = [r if isinstance(r, dict) else r.as_dict() for r in rows]
+    table(title,
           ["DIS Objects", "Last Resync", "Sent", "Results", "Status"],
-          [("  " * r.depth + r.object, when(r.last_resync), r.sent if r.last_resync else "",
-            f"Processed: {r.processed} Errors: {r.errors}" if r.last_resync else "",
-            DOTS.get(r.status or "", "")) for r in rows])
+          [("  " * r["depth"] + r["object"], when(r["last_resync"]), r["sent"] if r["last_resync"] else "",
+            f"Processed: {r['processed']} Errors: {r['errors']}" if r["last_resync"] else "",
+            DOTS.get(r["status"] or "", "")) for r in rows])
     console.print(legend, soft_wrap=True)
 
 
 @cli.command()
 @click.option("--object", "obj", help="Only batches that included this object.")
+@YEAR
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @JSON
 @pass_ctx
-def history(c: Ctx, obj: str | None, limit: int, as_json: bool) -> None:
+def history(c: Ctx, obj: str | None, year: str | None, limit: int, as_json: bool) -> None:
     """Every batch, newest first, with its counts."""
     if obj:
         obj = c.catalog.get(obj).name
-    rows = c.store().history(obj=obj, limit=limit)
+    rows = c.store().history(obj=obj, year=c.year(year) if year else None, limit=limit)
     if as_json:
         return emit_json(rows)
     table("Batch history", ["Batch", "Kind", "Requested by", "Year", "Status", "Started", "Completed", "Objects",
                             "Sent", "Processed", "Errors"],
           [(r["batch_id"][:12], r["kind"], r["requested_by"], r["school_year"], r["status"], when(r["started_at"]),
-            when(r["completed_at"]), len(r["objects"]), r["sent"], r["processed"], r["errors"]) for r in rows])
+            when(r["completed_at"]), "-" if r["objects"] is None else len(r["objects"]), r["sent"], r["processed"],
+            r["errors"]) for r in rows])
 
 
 @cli.command("log")
 @click.option("--batch", "batch_id", help="Batch id (or its first characters).")
 @click.option("--object", "obj")
 @click.option("--errors", "errors_only", is_flag=True, help="Only failed records.")
+@YEAR
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
 @JSON
 @pass_ctx
-def log_cmd(c: Ctx, batch_id: str | None, obj: str | None, errors_only: bool, limit: int, as_json: bool) -> None:
+def log_cmd(c: Ctx, batch_id: str | None, obj: str | None, errors_only: bool, year: str | None, limit: int,
+            as_json: bool) -> None:
     """The agent log: one row per record outcome, newest first."""
     store = c.store()
     if batch_id:
@@ -225,7 +252,8 @@ def log_cmd(c: Ctx, batch_id: str | None, obj: str | None, errors_only: bool, li
         batch_id = found[0]["batch_id"]
     if obj:
         obj = c.catalog.get(obj).name
-    rows = store.log(batch_id=batch_id, obj=obj, errors_only=errors_only, limit=limit)
+    rows = store.log(batch_id=batch_id, obj=obj, errors_only=errors_only, year=c.year(year) if year else None,
+                     limit=limit)
     if as_json:
         return emit_json(rows)
     table("Agent log", ["Logged", "Object", "RefId", "Status", "Category", "Code", "Message"],
@@ -327,6 +355,106 @@ def demo(c: Ctx, students: int, reset: bool) -> None:
         logs.configure("WARNING")  # the demo shows progress bars; daemon chatter would drown them
     run_demo(c.settings, c.catalog, students=students, reset=reset)
     status.callback(year=None, hide_completed=False, as_json=False)  # type: ignore[misc]
+
+
+@cli.command()
+@click.argument("batch_id", metavar="BATCH")
+@pass_ctx
+def cancel(c: Ctx, batch_id: str) -> None:
+    """Stop a running district-initiated batch: nothing more is published; what was sent is still counted."""
+    store = c.store()
+    found = store.find_batch(batch_id)
+    if len(found) != 1:
+        raise FatalError(f"batch {batch_id!r} matches {len(found)} batches; give more of its id (resync history)")
+    b = found[0]
+    if b["initiator"] == STATE:
+        raise FatalError(f"batch {b['batch_id']} was requested by the state; a district cannot cancel, pause or "
+                         "refuse a state-initiated resync")
+    if b["status"] not in ACTIVE:
+        raise FatalError(f"batch {b['batch_id']} is already {b['status']}; only a queued or running batch can be "
+                         "cancelled")
+    store.cancel(b["batch_id"])
+    console.print(f"batch {b['batch_id']} cancelled: nothing more will be published; records already sent are "
+                  "still acknowledged and counted")
+
+
+@cli.command()
+@click.option("--delete", "delete_ids", type=int, multiple=True, metavar="ID", help="Remove these alerts.")
+@click.option("--state", "state_side", is_flag=True, help="The state's alerts (state database) instead.")
+@JSON
+@pass_ctx
+def alerts(c: Ctx, delete_ids: tuple[int, ...], state_side: bool, as_json: bool) -> None:
+    """Process alerts: state resync requests, resync completion notices."""
+    if state_side:
+        from state_receiver.requests import state_alerts
+        from state_receiver.schema import StateSchema
+
+        rows = state_alerts(c.state_engine(), StateSchema(c.catalog))
+    else:
+        store = c.store()
+        if delete_ids:
+            n = store.delete_alerts(list(delete_ids))
+            console.print(f"deleted {n} alert(s)")
+            return
+        rows = store.alerts()
+    if as_json:
+        return emit_json(rows)
+    table("Process alerts", ["ID", "Process", "Name", "Posted", "Due", "Read", "Detail"],
+          [(r["id"], r["process"], r["name"], when(r["posted"]), when(r.get("due")), "yes" if r["read"] else "",
+            r["detail"]) for r in rows])
+
+
+@cli.command()
+@click.option("--district", "target", required=True, help="The district to resync.")
+@click.argument("names", nargs=-1, metavar="[OBJECT]...")
+@click.option("--all", "send_all", is_flag=True, help="Every object.")
+@click.option("--year", type=click.Choice(["current", "previous", "next"]), default="current", show_default=True)
+@click.option("--requested-by", default="state administrator", show_default=True)
+@JSON
+@pass_ctx
+def request(c: Ctx, target: str, names: tuple[str, ...], send_all: bool, year: str, requested_by: str,
+            as_json: bool) -> None:
+    """State side: ask a district to resync (Check Dependencies always applies). The request waits in the
+    district's control queue until its agent runs."""
+    from resync.brokers.base import check_district
+    from state_receiver.requests import send_request
+    from state_receiver.schema import StateSchema
+
+    if send_all == bool(names):
+        raise FatalError("give either --all or object names")
+    broker = _needs_broker(c, "request")
+    request_id = send_request(broker, c.state_engine(), StateSchema(c.catalog), check_district(target),
+                              None if send_all else list(names), year, requested_by)
+    if as_json:
+        return emit_json({"request_id": request_id, "district": target})
+    console.print(f"resync request {request_id} sent to {target}")
+
+
+@cli.command("district-status")
+@click.option("--district", "target", required=True)
+@YEAR
+@JSON
+@pass_ctx
+def district_status_cmd(c: Ctx, target: str, year: str | None, as_json: bool) -> None:
+    """State side: a district's Resync State Data table, built from the acks the state sent, and the
+    state's requests to it."""
+    from agent.status import year_objects
+    from state_receiver.requests import district_status, list_requests
+    from state_receiver.schema import StateSchema
+
+    y = c.year(year)
+    eng, schema = c.state_engine(), StateSchema(c.catalog)
+    rows = district_status(eng, schema, c.catalog, target, y, year_objects(c.catalog, c.settings, y))
+    requests = list_requests(eng, schema, target)
+    if as_json:
+        return emit_json({"district": target, "school_year": y, "objects": rows, "requests": requests})
+    show_status_table(f"Resync State Data of {target} as the state received it: school year {y - 1}-{y % 100:02d}",
+                      rows)
+    table(f"State resync requests to {target}", ["Request", "Requested", "By", "Year", "Objects", "Status",
+                                                 "Processed", "Errors"],
+          [(r["request_id"][:12], when(r["requested_at"]), r["requested_by"], r["year"],
+            "all" if r["objects"] is None else ", ".join(r["objects"]), r["status"], r["processed"], r["errors"])
+           for r in requests])
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool
                threading.Thread(target=agent.run, args=(stop,), daemon=True)]
     for t in threads:
         t.start()
-    plan = plan_batch(catalog, district_engine, [], send_all=True, check_dependencies=False,
+    plan = plan_batch(catalog, district_engine, settings, [], send_all=True, check_dependencies=False,
                       year=settings.school_year)
     batch_id = agent.store.queue_batch(plan, kind="full", year=settings.school_year, check_dependencies=False,
                                        requested_by="resync demo")

@@ -24,6 +24,7 @@ from resync.db import insert
 from resync.retry import as_retriable, run_forever
 from resync.settings import Settings
 from state_receiver.apply import Incoming, apply, log_errors
+from state_receiver.requests import on_markers
 from state_receiver.schema import StateSchema
 
 log = structlog.get_logger()
@@ -128,6 +129,12 @@ class Receiver:
             raise RecordError(Category.GENERIC_MESSAGE, Code.UNKNOWN_TYPE,
                               f"message type {d.type!r} is not accepted on an event queue")
         event = decode_event(d.body, self.catalog, max_size=self.settings.max_body)
+        if event.year is not None and event.year not in self.settings.synced_years:
+            err = DecodeError(Category.VALIDATION, Code.BAD_YEAR,
+                              f"school year {event.year} is not synced (synced: "
+                              f"{', '.join(map(str, sorted(self.settings.synced_years)))})")
+            err.msg_id = event.msg_id
+            raise err
         if event.source != district:
             err = DecodeError(Category.ACCESS, Code.WRONG_SOURCE,
                               f"source {event.source[:64]!r} does not match the sending district {district!r}")
@@ -146,6 +153,7 @@ class Receiver:
                 if rejected:
                     log_errors(db, self.schema, district, rejected, now)
                 if markers:
+                    on_markers(db, self.schema, district, markers, now)
                     db.execute(insert(self.engine)(self.schema.markers).on_conflict_do_nothing(), [
                         {"district_id": district, "msg_id": m.msg_id, "batch_id": m.batch, "kind": m.kind.value,
                          "object": m.object, "school_year": m.year, "count": m.count, "received_at": now}

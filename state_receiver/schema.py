@@ -4,7 +4,7 @@ markers, the state's error log."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
 
 from messages.catalog import Catalog
 from resync.db import create_all
@@ -65,6 +65,30 @@ class StateSchema:
             Column("description", Text, nullable=False),
             Column("extended", Text),
             Column("logged_at", String(32), nullable=False),
+        )
+
+        self.requests = Table(
+            "state_request", m,
+            Column("request_id", REFID, primary_key=True),
+            Column("district_id", String(64), nullable=False),
+            Column("objects", Text),  # JSON list, or null for all
+            Column("year", String(8), nullable=False),
+            Column("requested_by", String(128), nullable=False),
+            Column("requested_at", String(32), nullable=False),
+            Column("status", String(16), nullable=False),  # requested | running | completed | cancelled
+            Column("batch_id", REFID),
+            Column("school_year", Integer),
+            Column("started_at", String(32)),
+            Column("completed_at", String(32)),
+        )
+        self.alerts = Table(
+            "state_alert", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("process", String(64), nullable=False),
+            Column("name", String(200), nullable=False),
+            Column("posted", String(32), nullable=False),
+            Column("read", Boolean, nullable=False, default=False),
+            Column("detail", Text),
         )
 
     def create(self, engine: Engine) -> None:
