@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from resync.brokers.memory import MemoryBroker
 from resync.brokers.rabbitmq import RabbitBroker
 from resync.db import engine
+from tests.site import Site
 
 CI = os.environ.get("CI") == "true"
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
@@ -106,3 +108,11 @@ def db(db_url: str) -> Iterator[Engine]:
     eng = engine(db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def site(rabbitmq_url: str, postgres_db: Any, tmp_path: Path) -> Iterator[Site]:
+    """A district and a state on their own vhost and databases; daemons started by the test are stopped."""
+    s = Site(rabbitmq_url, postgres_db(), postgres_db(), tmp_path)
+    yield s
+    s.stop()

@@ -1,0 +1,123 @@
+"""Running the agent and the receiver as separate processes against real services, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from agent.store import AgentStore
+from messages import catalog as catalog_mod
+from messages.catalog import ref_column
+from publisher.schema import DistrictSchema
+from resync.db import engine
+from state_receiver.schema import StateSchema
+
+CATALOG = catalog_mod.load()
+YEAR = 2027
+HANG_GUARD = 600  # seconds: a resync that takes this long is stuck, not slow
+
+
+class Site:
+    """One district and one state, with helpers to run the CLI and the daemons."""
+
+    def __init__(self, broker_url: str, district_db: str, state_db: str, logs: Path) -> None:
+        self.logs = logs
+        self.env = {**os.environ, "RESYNC_BROKER_URL": broker_url, "RESYNC_DISTRICT_DB": district_db,
+                    "RESYNC_STATE_DB": state_db, "RESYNC_DISTRICT": "district-1", "RESYNC_SCHOOL_YEAR": str(YEAR),
+                    "RESYNC_DISTRICT_USERS": "district-1=guest"}
+        self.district, self.state = engine(district_db), engine(state_db)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "resync", *args], env=self.env, capture_output=True, text=True,
+                             timeout=HANG_GUARD)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def fail(self, *args: str) -> str:
+        """Run a command that must be refused; returns its one-line error."""
+        out = subprocess.run([sys.executable, "-m", "resync", *args], env=self.env, capture_output=True, text=True,
+                             timeout=HANG_GUARD)
+        assert out.returncode != 0, out.stdout
+        return out.stderr.strip()
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json"))
+
+    def until(self, what: str, check: Any) -> Any:
+        """Poll ``check`` until it returns something truthy (a hang guard, not a timing assertion)."""
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(0.2)
+        daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
+        raise AssertionError(f"gave up waiting for {what}\n{daemon_logs}")
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{args[0]}-{len(self.procs)}.log").open("wb")
+        p = subprocess.Popen([sys.executable, "-m", "resync", *args], env=self.env, stdout=log, stderr=log)
+        self.procs.append(p)
+        return p
+
+    def send(self, *args: str) -> str:
+        return str(json.loads(self.cli("send", "--json", *args))["batch_id"])
+
+    def wait(self, batch_id: str) -> dict[str, Any]:
+        store = AgentStore(self.district)
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            b = store.batch(batch_id)
+            if b and b["status"] not in ("queued", "running", "sent"):
+                return b
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(0.2)
+        daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
+        raise AssertionError(f"batch {batch_id} did not finish: {store.batch_objects(batch_id)}\n{daemon_logs}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.district.dispose()
+        self.state.dispose()
+
+
+def district_rows(eng: Engine) -> dict[str, list[dict[str, Any]]]:
+    schema = DistrictSchema(CATALOG)
+    with eng.connect() as conn:
+        return {n: [dict(r._mapping) for r in conn.execute(select(schema.tables[n]))] for n in CATALOG.names()}
+
+
+def rejected_by_state(rows: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+    """What the state must refuse: state-excluded records and every record under one."""
+    out: dict[str, set[str]] = {}
+    for name in CATALOG.names():
+        obj = CATALOG.get(name)
+        out[name] = {r["ref_id"] for r in rows[name]
+                     if r.get("state_exclude") or any(r[ref_column(p)] in out[p] for p in obj.references)}
+    return out
+
+
+def state_refs(eng: Engine) -> dict[str, set[str]]:
+    schema = StateSchema(CATALOG)
+    with eng.connect() as conn:
+        return {n: {r[0] for r in conn.execute(select(schema.tables[n].c.ref_id))} for n in CATALOG.names()}
+
+
