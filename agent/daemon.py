@@ -149,6 +149,10 @@ class Agent:
             self.store.log_error(f"state resync request could not be carried out: {e}", category=8)
             log.warning("state request refused", error=str(e))
             return False
+        if not plan:
+            self.store.log_error(f"state resync request {request.request_id} names no object that syncs for "
+                                 f"school year {year}; nothing was sent", category=8)
+            return False
         self.store.post_alert("Vertical Interoperability", "State Resync Requested")
         kind = "full" if request.objects is None else "partial"
         batch_id = self.store.queue_batch(plan, kind=kind, year=year, check_dependencies=True, initiator=STATE,

@@ -131,10 +131,11 @@ class AgentStore:
             conn.execute(batch.insert().values(
                 batch_id=batch_id, kind=kind, initiator=initiator, requested_by=requested_by, school_year=year,
                 check_dependencies=check_dependencies, status="queued", created_at=now, request_id=request_id))
-            conn.execute(batch_object.insert(), [
-                {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year, "expected": o.expected,
-                 "sent": 0, "processed": 0, "errors": 0, "last_ref_id": ""}
-                for i, o in enumerate(objects)])
+            if objects:
+                conn.execute(batch_object.insert(), [
+                    {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year,
+                     "expected": o.expected, "sent": 0, "processed": 0, "errors": 0, "last_ref_id": ""}
+                    for i, o in enumerate(objects)])
         return batch_id
 
     def next_batch(self) -> dict[str, Any] | None:
