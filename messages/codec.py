@@ -4,6 +4,7 @@ message can be wrong raises a ``DecodeError`` with the SIF category and code it 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -235,3 +236,11 @@ def decode_request(body: bytes) -> ResyncRequest:
         f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of object names")
     return ResyncRequest(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request_id"),
                          objects, f.get("year", str), f.get("requested_by", str))
+
+
+def content_digest(e: Event) -> str:
+    """What a message says, without when it was sent: a resent record has a new ``ts`` and ``seq``
+    but the same content, and must not count as a conflicting duplicate."""
+    canonical = orjson.dumps([e.source, e.batch, e.object, e.action.value, e.ref_id, e.year, e.parents, e.data],
+                             option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()

@@ -41,6 +41,12 @@ def new_id() -> str:
     return uuid.uuid4().hex.upper()
 
 
+def stable_id(*parts: str) -> str:
+    """The same id for the same parts: a record resent after a crash carries the msg_id it had, so the
+    state answers it from its inbox and the district counts it once."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, "/".join(parts)).hex.upper()
+
+
 def now_ts() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from messages.catalog import Catalog, ref_column
 from messages.codec import encode_event, encode_marker
-from messages.envelope import Action, Event, Kind, Marker, MarkerKind, new_id, now_ts
+from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, stable_id
 from messages.fields import fields
 from publisher.schema import DistrictSchema
 from resync.brokers import Connection, Topology
@@ -25,8 +25,9 @@ Progress = Callable[[int, str], None]
 """Called after each confirmed chunk with the number of records it held and the last ref_id."""
 
 
-def rows(engine: Engine, schema: DistrictSchema, name: str, year: int | None, *, after: str = "",
-         chunk: int = CHUNK) -> Iterator[Sequence[Any]]:
+def rows(
+    engine: Engine, schema: DistrictSchema, name: str, year: int | None, *, after: str = "", chunk: int = CHUNK
+) -> Iterator[Sequence[Any]]:
     table = schema.tables[name]
     query = select(table).order_by(table.c.ref_id).limit(chunk)
     if year is not None and schema.catalog.get(name).year_scoped:
@@ -48,8 +49,16 @@ class ObjectPublisher:
         self.queue = Topology.events(district)
         self.seq = 0
 
-    def publish_object(self, batch: str, name: str, year: int, *, after: str = "",
-                       progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
+    def publish_object(
+        self,
+        batch: str,
+        name: str,
+        year: int,
+        *,
+        after: str = "",
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> int:
         """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker."""
         obj = self.catalog.get(name)
         refs = [(p, ref_column(p)) for p in obj.references]
@@ -63,8 +72,19 @@ class ObjectPublisher:
             for row in page:
                 self.seq += 1
                 m = row._mapping
-                event = Event(new_id(), ts, self.district, batch, self.seq, name, Action.CHANGE, row.ref_id,
-                              event_year, {p: m[c] for p, c in refs}, {c: to_wire(k, m[c]) for c, k in cols})
+                event = Event(
+                    stable_id(batch, name, row.ref_id),
+                    ts,
+                    self.district,
+                    batch,
+                    self.seq,
+                    name,
+                    Action.CHANGE,
+                    row.ref_id,
+                    event_year,
+                    {p: m[c] for p, c in refs},
+                    {c: to_wire(k, m[c]) for c, k in cols},
+                )
                 self.conn.publish(self.queue, encode_event(event), kind=Kind.EVENT, message_id=event.msg_id)
             self.conn.flush()
             sent += len(page)
@@ -73,8 +93,17 @@ class ObjectPublisher:
         self.marker(batch, MarkerKind.OBJECT_END, name, event_year, sent)
         return sent
 
-    def marker(self, batch: str, kind: MarkerKind, name: str | None = None, year: int | None = None,
-               count: int | None = None, request: str | None = None) -> None:
-        m = Marker(new_id(), now_ts(), self.district, batch, kind, name, year, count, request)
+    def marker(
+        self,
+        batch: str,
+        kind: MarkerKind,
+        name: str | None = None,
+        year: int | None = None,
+        count: int | None = None,
+        request: str | None = None,
+    ) -> None:
+        m = Marker(
+            stable_id(batch, kind.value, name or ""), now_ts(), self.district, batch, kind, name, year, count, request
+        )
         self.conn.publish(self.queue, encode_marker(m), kind=Kind.MARKER, message_id=m.msg_id)
         self.conn.flush()

@@ -8,7 +8,6 @@ redelivery, and the inbox turns redelivery into the same acks.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import defaultdict
 
@@ -16,7 +15,7 @@ import structlog
 from sqlalchemy import Engine
 
 from messages.catalog import Catalog
-from messages.codec import decode_event, decode_marker, encode_acks
+from messages.codec import content_digest, decode_event, decode_marker, encode_acks
 from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, Marker, now_ts
 from messages.errors import Category, Code, DecodeError, RecordError
 from resync.brokers import Broker, Connection, Delivery, Topology
@@ -140,7 +139,7 @@ class Receiver:
                               f"source {event.source[:64]!r} does not match the sending district {district!r}")
             err.msg_id = event.msg_id
             raise err
-        return Incoming(event, hashlib.blake2b(d.body, digest_size=16).hexdigest())
+        return Incoming(event, content_digest(event))
 
     def _commit(self, district: str, events: list[Incoming], rejected: list[tuple[str | None, str | None,
                 str | None, ErrorInfo]], markers: list[Marker], now: str) -> list[Ack]:
