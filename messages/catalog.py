@@ -96,6 +96,10 @@ class Catalog:
             raise CatalogError(f"object {name!r} is not enabled in this deployment (RESYNC_OBJECTS)")
         raise UnknownObjectError(name, difflib.get_close_matches(name, list(pool), n=3, cutoff=0.5))
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is an object of the vendor's catalog, enabled here or not."""
+        return name in self._all
+
     def __contains__(self, name: object) -> bool:
         return name in self.objects
 

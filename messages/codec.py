@@ -126,7 +126,9 @@ def decode_event(body: bytes, catalog: Catalog, *, max_size: int = MAX_BODY) -> 
     seq = f.get("seq", int)
     obj_name = f.get("object", str)
     if obj_name not in catalog:
-        f.fail(Category.VALIDATION, Code.UNKNOWN_OBJECT, f"unknown or disabled object {obj_name[:60]!r}")
+        if catalog.knows(obj_name):
+            f.fail(Category.VALIDATION, Code.OBJECT_DISABLED, f"object {obj_name!r} is not enabled at the state")
+        f.fail(Category.VALIDATION, Code.UNKNOWN_OBJECT, f"unknown object {obj_name[:60]!r}")
     obj = catalog.get(obj_name)
     action_raw = f.get("action", str)
     try:

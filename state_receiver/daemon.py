@@ -97,8 +97,9 @@ class Receiver:
             try:
                 decoded = self._decode(district, d)
             except RecordError as e:
+                # answer by the body's msg_id, else by the AMQP message_id the sender stamped
                 msg_id = e.msg_id if isinstance(e, DecodeError) else None
-                if msg_id is None and not isinstance(e, DecodeError) and REFID.match(d.message_id or ""):
+                if msg_id is None and REFID.match(d.message_id or ""):
                     msg_id = d.message_id
                 info = ErrorInfo(int(e.category), e.code, e.desc, e.extended)
                 rejected.append((msg_id, None, None, info))

@@ -39,7 +39,10 @@ def receiver(db: Engine) -> tuple[Receiver, MemoryBroker]:
 def deliver(r: Receiver, broker: MemoryBroker, bodies: list[bytes]) -> list[Ack]:
     with broker.connect() as conn:
         for body in bodies:
-            conn.publish(Topology.events(D), body, kind=Kind.EVENT, message_id=new_id())
+            # a body that is not even JSON can still be answered by its AMQP message_id; without one it
+            # can only be dead-lettered
+            conn.publish(Topology.events(D), body, kind=Kind.EVENT,
+                         message_id="no-usable-id" if body == b"not json" else new_id())
         conn.consume(Topology.events(D), prefetch=100)
         r.handle(conn, conn.fetch(100, timeout=1))
         conn.consume(Topology.acks(D), prefetch=100)
