@@ -3,6 +3,7 @@ databases; both are removed afterwards. A missing service skips the test locally
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -43,8 +44,9 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
 
 
-@pytest.fixture
-def rabbitmq_url() -> Iterator[str]:
+@contextlib.contextmanager
+def new_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of its own (guest may use it), removed afterwards; yields its amqp URL."""
     if not _reachable(RABBIT_HOST, RABBIT_PORT):
         _unavailable(f"RabbitMQ is not listening on {RABBIT_HOST}:{RABBIT_PORT}")
     if shutil.which("rabbitmqctl") is None:
@@ -55,13 +57,27 @@ def rabbitmq_url() -> Iterator[str]:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         _unavailable(f"cannot create a RabbitMQ vhost: {getattr(e, 'stderr', e)}")
-    yield f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}"
-    rabbitmqctl("delete_vhost", vhost)
+    try:
+        yield f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    with new_vhost() as url:
+        yield url
 
 
 @pytest.fixture
 def postgres_db() -> Iterator[object]:
-    """A factory of fresh PostgreSQL databases: ``postgres_db()`` returns a URL."""
+    with new_databases() as make:
+        yield make
+
+
+@contextlib.contextmanager
+def new_databases() -> Iterator[Any]:
+    """A factory of fresh PostgreSQL databases: ``make()`` returns a URL; all are dropped afterwards."""
     if not _reachable(PG_HOST, PG_PORT):
         _unavailable(f"PostgreSQL is not listening on {PG_HOST}:{PG_PORT}")
     import psycopg
@@ -82,10 +98,12 @@ def postgres_db() -> Iterator[object]:
         admin().close()
     except Exception as e:
         _unavailable(f"cannot connect to PostgreSQL as postgres: {e}")
-    yield make
-    with admin() as conn:
-        for name in made:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield make
+    finally:
+        with admin() as conn:
+            for name in made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["memory", "rabbitmq"])
