@@ -457,6 +457,35 @@ def district_status_cmd(c: Ctx, target: str, year: str | None, as_json: bool) ->
            for r in requests])
 
 
+@cli.group()
+def broker() -> None:
+    """Broker set-up: users, permissions and topology."""
+
+
+@broker.command("definitions")
+@click.option("--district", "districts", multiple=True, required=True, help="A district id (repeatable).")
+@click.option("--vhost", default="/", show_default=True)
+@click.option("--state-user", default=None, help="The state's broker user (default RESYNC_STATE_USER or state).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the definitions JSON.")
+@JSON
+@pass_ctx
+def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_user: str | None, out: Path,
+                       as_json: bool) -> None:
+    """Write RabbitMQ definitions: one user per district allowed only its own routing key and queues, the
+    state's user, and the queues. Load with `rabbitmqctl import_definitions FILE` (or load_definitions)."""
+    import json as json_mod
+
+    from resync.brokers.definitions import for_districts
+
+    defs, passwords = for_districts(vhost, list(districts), state_user or c.settings.state_user)
+    out.write_text(json_mod.dumps(defs, indent=2))
+    out.chmod(0o600)
+    if as_json:
+        return emit_json({"file": str(out), "passwords": passwords})
+    table(f"Broker users written to {out} (passwords are shown once)", ["User", "Password"], sorted(passwords.items()))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

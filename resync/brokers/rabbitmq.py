@@ -18,7 +18,8 @@ from typing import Any
 
 import amqp
 import kombu
-from amqp.exceptions import AMQPError
+import structlog
+from amqp.exceptions import AccessRefused, AMQPError
 
 from messages.errors import ConnectionClosed
 from resync.brokers.base import (
@@ -32,6 +33,7 @@ from resync.brokers.base import (
     Topology,
 )
 
+log = structlog.get_logger()
 _ERRORS = (AMQPError, OSError, ConnectionError, socket.timeout)
 _WINDOW = 20_000  # unconfirmed messages allowed in flight before publish waits
 
@@ -118,7 +120,7 @@ class RabbitConnection(Connection):
     def declare(self, district: str) -> None:
         ch = self.channel
         try:
-            ch.exchange_declare(EXCHANGE, "direct", durable=True, auto_delete=False)
+            ch.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
             ch.exchange_declare(DEAD_LETTER_EXCHANGE, "fanout", durable=True, auto_delete=False)
             ch.queue_declare(DEAD_LETTER_QUEUE, durable=True, auto_delete=False)
             ch.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "")
@@ -128,6 +130,10 @@ class RabbitConnection(Connection):
                     args["x-single-active-consumer"] = True
                 ch.queue_declare(name, durable=True, auto_delete=False, arguments=args)
                 ch.queue_bind(name, EXCHANGE, name)
+        except AccessRefused:
+            # a district or state user may not configure: `resync broker definitions` set the topology up
+            log.info("no permission to declare the topology; using the one the administrator set up",
+                     district=district, user=self.user)
         except _ERRORS as e:
             raise ConnectionClosed(f"cannot declare the queues of {district}: {e}") from None
 

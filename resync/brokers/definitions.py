@@ -1,0 +1,80 @@
+"""RabbitMQ definitions (users, permissions, topology) for a state and its districts.
+
+Each district's user may publish only with its own routing key (a topic permission on the ``resync``
+exchange) and read only its own ack and control queues; the state's user reads every district's event
+queue and the dead-letter queue and publishes only acks and control messages. Neither may configure:
+the topology comes from this file. Load it with ``rabbitmqctl import_definitions FILE`` or the
+management plugin's ``load_definitions`` (docker-compose does the latter).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+from typing import Any
+
+from resync.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
+    salt = salt if salt is not None else os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def definitions(vhost: str, districts: list[str], state_user: str, passwords: dict[str, str]) -> dict[str, Any]:
+    """``passwords`` maps each user (the district ids and ``state_user``) to its password."""
+    users = [*districts, state_user]
+    q = re.escape
+    exchanges = f"^({q(EXCHANGE)}|{q(DEAD_LETTER_EXCHANGE)})$"
+    permissions = [
+        {"user": d, "vhost": vhost, "configure": "^$", "write": exchanges,
+         "read": f"^({q(Topology.acks(d))}|{q(Topology.control(d))})$"} for d in districts
+    ] + [{"user": state_user, "vhost": vhost, "configure": "^$", "write": exchanges,
+          "read": rf"^(sync\..+|{q(DEAD_LETTER_QUEUE)})$"}]
+    topic_permissions = [
+        {"user": d, "vhost": vhost, "exchange": EXCHANGE, "write": f"^{q(Topology.events(d))}$", "read": "^$"}
+        for d in districts
+    ] + [{"user": state_user, "vhost": vhost, "exchange": EXCHANGE, "write": r"^(acks|control)\..+$", "read": "^$"}]
+    queues, bindings = [{"name": DEAD_LETTER_QUEUE, "vhost": vhost, "durable": True, "auto_delete": False,
+                         "arguments": {}}], [
+        {"source": DEAD_LETTER_EXCHANGE, "vhost": vhost, "destination": DEAD_LETTER_QUEUE,
+         "destination_type": "queue", "routing_key": "", "arguments": {}}]
+    for d in districts:
+        for name in Topology.queues(d):
+            args: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
+            if name == Topology.events(d):
+                args["x-single-active-consumer"] = True
+            queues.append({"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args})
+            bindings.append({"source": EXCHANGE, "vhost": vhost, "destination": name, "destination_type": "queue",
+                             "routing_key": name, "arguments": {}})
+    return {
+        "users": [{"name": u, "password_hash": password_hash(passwords[u]),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""} for u in users],
+        "vhosts": [{"name": vhost}],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "exchanges": [
+            {"name": EXCHANGE, "vhost": vhost, "type": "topic", "durable": True, "auto_delete": False,
+             "internal": False, "arguments": {}},
+            {"name": DEAD_LETTER_EXCHANGE, "vhost": vhost, "type": "fanout", "durable": True, "auto_delete": False,
+             "internal": False, "arguments": {}},
+        ],
+        "queues": queues,
+        "bindings": bindings,
+    }
+
+
+def for_districts(vhost: str, districts: list[str], state_user: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Definitions with a fresh password for every user; returns them with the passwords."""
+    for d in districts:
+        check_district(d)
+    passwords = {u: new_password() for u in [*districts, state_user]}
+    return definitions(vhost, districts, state_user, passwords), passwords
