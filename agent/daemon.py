@@ -113,52 +113,55 @@ class Agent:
                 acks = []
                 for d in deliveries:
                     if d.queue == Topology.control(self.district):
-                        if not self._control(d):
-                            conn.dead_letter(d.delivery_tag)
+                        refused = self._control(d)
+                        if refused:
+                            conn.dead_letter(d, refused)
                         continue
                     try:
                         acks.extend(decode_acks(d.body).acks)
                     except DecodeError as e:
-                        conn.dead_letter(d.delivery_tag)
+                        conn.dead_letter(d, f"unreadable ack message: {e.desc}")
                         self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
                                              category=int(e.category), code=e.code)
                 if acks:
                     self.store.record_acks(acks)
                 if deliveries:
+                    conn.flush()
                     conn.ack(deliveries[-1].delivery_tag, multiple=True)
                 for batch_id in self.store.complete_finished():
                     self._notify(batch_id)
 
-    def _control(self, d: Delivery) -> bool:
+    def _control(self, d: Delivery) -> str | None:
         """A resync request from the state: post the alert and queue the batch. Only the state's broker
-        identity may ask; anything else is logged and dead-lettered (returns False)."""
+        identity may ask; anything else is logged, and the reason returned for the dead-letter queue."""
         if d.user_id != self.settings.state_user:
-            self.store.log_error(f"control message from broker user {d.user_id!r} rejected: only the state "
-                                 f"({self.settings.state_user!r}) may request a resync", category=4,
-                                 code=Code.WRONG_SOURCE)
+            reason = (f"control message from broker user {d.user_id!r} rejected: only the state "
+                      f"({self.settings.state_user!r}) may request a resync")
+            self.store.log_error(reason, category=4, code=Code.WRONG_SOURCE)
             log.warning("control message rejected", user=d.user_id)
-            return False
+            return reason
         try:
             request = decode_request(d.body)
             if self.store.has_request(request.request_id):
-                return True  # redelivered: the batch is already queued
+                return None  # redelivered: the batch is already queued
             year = self.settings.resolve_year(request.year)
             plan = plan_batch(self.catalog, self.engine, self.settings, request.objects or [],
                               send_all=request.objects is None, check_dependencies=True, year=year, strict=False)
         except (DecodeError, FatalError) as e:
             self.store.log_error(f"state resync request could not be carried out: {e}", category=8)
             log.warning("state request refused", error=str(e))
-            return False
+            return f"state resync request could not be carried out: {e}"
         if not plan:
-            self.store.log_error(f"state resync request {request.request_id} names no object that syncs for "
-                                 f"school year {year}; nothing was sent", category=8)
-            return False
+            reason = (f"state resync request {request.request_id} names no object that syncs for school year "
+                      f"{year}; nothing was sent")
+            self.store.log_error(reason, category=8)
+            return reason
         self.store.post_alert("Vertical Interoperability", "State Resync Requested")
         kind = "full" if request.objects is None else "partial"
         batch_id = self.store.queue_batch(plan, kind=kind, year=year, check_dependencies=True, initiator=STATE,
                                           requested_by="state", request_id=request.request_id)
         log.info("state resync requested", batch=batch_id)
-        return True
+        return None
 
     def _notify(self, batch_id: str) -> None:
         batch = self.store.batch(batch_id)

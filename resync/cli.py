@@ -457,6 +457,32 @@ def district_status_cmd(c: Ctx, target: str, year: str | None, as_json: bool) ->
            for r in requests])
 
 
+@cli.command("dead-letters")
+@click.option("--requeue", "requeue_ids", multiple=True, metavar="ID", help="Put these messages back (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@JSON
+@pass_ctx
+def dead_letters(c: Ctx, requeue_ids: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """State side: what could not be processed, with the reason; --requeue puts messages back."""
+    from state_receiver.deadletters import list_dead_letters, requeue
+
+    broker = _needs_broker(c, "dead-letters")
+    if requeue_ids:
+        done = requeue(broker, set(requeue_ids))
+        missing = sorted(set(requeue_ids) - set(done))
+        if as_json:
+            return emit_json({"requeued": done, "not_found": missing})
+        console.print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
+        if missing:
+            sys.exit(1)
+        return
+    rows = list_dead_letters(broker, limit)
+    if as_json:
+        return emit_json(rows)
+    table("Dead-letter queue (oldest first)", ["Message id", "From queue", "Sender", "Type", "Reason", "Bytes"],
+          [(r["message_id"], r["queue"], r["sender"], r["type"], r["reason"], r["bytes"]) for r in rows])
+
+
 @cli.group()
 def broker() -> None:
     """Broker set-up: users, permissions and topology."""

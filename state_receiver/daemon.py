@@ -19,6 +19,7 @@ from messages.codec import content_digest, decode_event, decode_marker, encode_a
 from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, Marker, now_ts
 from messages.errors import Category, Code, DecodeError, RecordError
 from resync.brokers import Broker, Connection, Delivery, Topology
+from resync.brokers.base import SENDER
 from resync.db import insert
 from resync.retry import as_retriable, run_forever
 from resync.settings import Settings
@@ -72,7 +73,7 @@ class Receiver:
         for d in deliveries:
             by_district[Topology.district_of(d.queue)].append(d)
         now = now_ts()
-        dead: list[int] = []
+        dead: list[tuple[Delivery, str]] = []
         for district, items in by_district.items():
             acks = self._process(district, items, now, dead)
             for i in range(0, len(acks), ACKS_PER_MESSAGE):
@@ -82,13 +83,13 @@ class Receiver:
                     kind=Kind.ACKS,
                     message_id=acks[i].msg_id,
                 )
+        for d, reason in dead:
+            conn.dead_letter(d, reason)
         conn.flush()
-        for tag in dead:
-            conn.dead_letter(tag)
         conn.ack(deliveries[-1].delivery_tag, multiple=True)
         self.applied += len(deliveries)
 
-    def _process(self, district: str, items: list[Delivery], now: str, dead: list[int]) -> list[Ack]:
+    def _process(self, district: str, items: list[Delivery], now: str, dead: list[tuple[Delivery, str]]) -> list[Ack]:
         """Decode and authorize each delivery, then apply in one transaction. Returns the acks in order."""
         answers: list[Ack | Incoming] = []
         rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]] = []
@@ -104,7 +105,7 @@ class Receiver:
                 info = ErrorInfo(int(e.category), e.code, e.desc, e.extended)
                 rejected.append((msg_id, None, None, info))
                 if msg_id is None:
-                    dead.append(d.delivery_tag)
+                    dead.append((d, f"[{int(e.category)}/{e.code}] {e.desc}; no msg_id to answer"))
                     log.warning("message dead-lettered", district=district, code=e.code, error=e.desc)
                 else:
                     answers.append(Ack(msg_id, "error", info))
@@ -120,30 +121,49 @@ class Receiver:
     def _decode(self, district: str, d: Delivery) -> Incoming | Marker:
         if d.user_id is None:
             raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
-        if d.user_id != self.settings.user_for(district):
-            raise RecordError(Category.ACCESS, Code.WRONG_SOURCE,
-                              f"broker user {d.user_id!r} may not send for district {district!r}")
+        sender = d.user_id
+        if sender == self.settings.state_user and d.headers.get(SENDER):
+            sender = str(d.headers[SENDER])  # put back from the dead-letter queue by the state
+        if sender != self.settings.user_for(district):
+            raise RecordError(
+                Category.ACCESS, Code.WRONG_SOURCE, f"broker user {sender!r} may not send for district {district!r}"
+            )
         if d.type == Kind.MARKER:
             return decode_marker(d.body)
         if d.type != Kind.EVENT:
-            raise RecordError(Category.GENERIC_MESSAGE, Code.UNKNOWN_TYPE,
-                              f"message type {d.type!r} is not accepted on an event queue")
+            raise RecordError(
+                Category.GENERIC_MESSAGE,
+                Code.UNKNOWN_TYPE,
+                f"message type {d.type!r} is not accepted on an event queue",
+            )
         event = decode_event(d.body, self.catalog, max_size=self.settings.max_body)
         if event.year is not None and event.year not in self.settings.synced_years:
-            err = DecodeError(Category.VALIDATION, Code.BAD_YEAR,
-                              f"school year {event.year} is not synced (synced: "
-                              f"{', '.join(map(str, sorted(self.settings.synced_years)))})")
+            err = DecodeError(
+                Category.VALIDATION,
+                Code.BAD_YEAR,
+                f"school year {event.year} is not synced (synced: "
+                f"{', '.join(map(str, sorted(self.settings.synced_years)))})",
+            )
             err.msg_id = event.msg_id
             raise err
         if event.source != district:
-            err = DecodeError(Category.ACCESS, Code.WRONG_SOURCE,
-                              f"source {event.source[:64]!r} does not match the sending district {district!r}")
+            err = DecodeError(
+                Category.ACCESS,
+                Code.WRONG_SOURCE,
+                f"source {event.source[:64]!r} does not match the sending district {district!r}",
+            )
             err.msg_id = event.msg_id
             raise err
         return Incoming(event, content_digest(event))
 
-    def _commit(self, district: str, events: list[Incoming], rejected: list[tuple[str | None, str | None,
-                str | None, ErrorInfo]], markers: list[Marker], now: str) -> list[Ack]:
+    def _commit(
+        self,
+        district: str,
+        events: list[Incoming],
+        rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]],
+        markers: list[Marker],
+        now: str,
+    ) -> list[Ack]:
         """One transaction for the batch. If it fails for a reason that retrying will not cure, the events
         are applied one by one, and the one that still fails is answered with a system error, so no
         record can block the district's queue."""
@@ -154,10 +174,22 @@ class Receiver:
                     log_errors(db, self.schema, district, rejected, now)
                 if markers:
                     on_markers(db, self.schema, district, markers, now)
-                    db.execute(insert(self.engine)(self.schema.markers).on_conflict_do_nothing(), [
-                        {"district_id": district, "msg_id": m.msg_id, "batch_id": m.batch, "kind": m.kind.value,
-                         "object": m.object, "school_year": m.year, "count": m.count, "received_at": now}
-                        for m in markers])
+                    db.execute(
+                        insert(self.engine)(self.schema.markers).on_conflict_do_nothing(),
+                        [
+                            {
+                                "district_id": district,
+                                "msg_id": m.msg_id,
+                                "batch_id": m.batch,
+                                "kind": m.kind.value,
+                                "object": m.object,
+                                "school_year": m.year,
+                                "count": m.count,
+                                "received_at": now,
+                            }
+                            for m in markers
+                        ],
+                    )
                 return acks
         except Exception as e:
             transient = as_retriable(e)
@@ -171,10 +203,15 @@ class Receiver:
             if not events:
                 raise
             e_ = events[0].event
-            info = ErrorInfo(int(Category.SYSTEM), Code.APPLY_FAILED,
-                             f"{e_.object} {e_.ref_id} could not be stored at the state", str(e)[:1000])
-            log.error("record could not be applied", district=district, object=e_.object, ref_id=e_.ref_id,
-                      error=str(e)[:300])
+            info = ErrorInfo(
+                int(Category.SYSTEM),
+                Code.APPLY_FAILED,
+                f"{e_.object} {e_.ref_id} could not be stored at the state",
+                str(e)[:1000],
+            )
+            log.error(
+                "record could not be applied", district=district, object=e_.object, ref_id=e_.ref_id, error=str(e)[:300]
+            )
             with self.engine.begin() as db:
                 log_errors(db, self.schema, district, [(e_.msg_id, e_.object, e_.ref_id, info)], now)
             return [Ack(e_.msg_id, "error", info, e_.object, e_.ref_id, e_.batch)]

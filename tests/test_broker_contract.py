@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from resync.brokers import Broker, Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE
+from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
 
 
 def _publish(broker: Broker, n: int, queue: str) -> None:
@@ -65,7 +65,14 @@ def test_dead_lettered_message_lands_in_the_dead_letter_queue(broker: Broker) ->
         got = conn.fetch(3, timeout=5)
         while len(got) < 3:
             got += conn.fetch(3 - len(got), timeout=5)
-        conn.dead_letter(got[1].delivery_tag)
+        conn.dead_letter(got[1], "cannot be processed")
+        conn.flush()
         conn.ack(got[2].delivery_tag, multiple=True)
-    assert _drain(broker, DEAD_LETTER_QUEUE, 1) == [b'{"n": 1}']
+    with broker.connect() as conn:
+        conn.consume(DEAD_LETTER_QUEUE, prefetch=10)
+        [dead] = conn.fetch(10, timeout=5)
+        assert dead.body == b'{"n": 1}' and dead.message_id == f"{1:032X}"
+        assert dead.headers[REASON] == "cannot be processed"
+        assert dead.headers[ORIGIN] == queue and dead.headers[SENDER] == broker.user
+        conn.ack(dead.delivery_tag)
     assert [s.ready for s in broker.queue_stats([queue])] == [0]

@@ -44,6 +44,7 @@ class Wire:
     """Raw publishing (any body, any properties) and reading of the acks and the dead-letter queue."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.conn = pika.BlockingConnection(pika.URLParameters(url))
         self.ch = self.conn.channel()
         self.acks: dict[str, Any] = {}
@@ -188,3 +189,30 @@ def test_a_duplicate_msg_id_with_other_content_is_refused(env: tuple[Wire, Any, 
         name = conn.execute(select(schema.tables["District"].c.name)
                             .where(schema.tables["District"].c.ref_id == first["ref_id"])).scalar_one()
     assert name == "first"
+
+
+def test_dead_letters_are_listed_with_their_reason_and_can_be_requeued(
+        env: tuple[Wire, Any, Callable[[], None]]) -> None:
+    wire, _, still_consuming = env
+    wire.send(b"\x00garbage", message_id="not-an-id")
+    still_consuming()
+    cli_env = {**os.environ, "RESYNC_BROKER_URL": wire.url}
+
+    def dead_letters(*args: str) -> Any:
+        out = subprocess.run([sys.executable, "-m", "resync", "dead-letters", "--json", *args], env=cli_env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return orjson.loads(out.stdout)
+
+    depth = wire.depth("resync.dead-letter")
+    listed = dead_letters("--limit", "1000")
+    assert len(listed) == depth  # listing takes nothing away
+    assert wire.depth("resync.dead-letter") == depth
+    [garbage] = [d for d in listed if d["message_id"] == "not-an-id"]
+    assert garbage["queue"] == "sync.district-1" and garbage["sender"] == "guest"
+    assert "12.1" in garbage["reason"] and "no msg_id" in garbage["reason"]
+
+    assert dead_letters("--requeue", "not-an-id") == {"requeued": ["not-an-id"], "not_found": []}
+    still_consuming()  # the receiver took it again and, still unreadable, dead-lettered it again
+    again = [d for d in dead_letters("--limit", "1000") if d["message_id"] == "not-an-id"]
+    assert len(again) == 1 and again[0]["reason"] == garbage["reason"] and again[0]["sender"] == "guest"

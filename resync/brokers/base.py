@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass
-from typing import Self
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 from messages.errors import ConfigError
 
 EXCHANGE = "resync"
 DEAD_LETTER_EXCHANGE = "resync.dlx"
 DEAD_LETTER_QUEUE = "resync.dead-letter"
+REASON, ORIGIN, SENDER = "x-resync-reason", "x-resync-queue", "x-resync-user"
 _DISTRICT = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
 
 
@@ -56,6 +58,7 @@ class Delivery:
     user_id: str | None
     type: str | None
     redelivered: bool
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,8 @@ class Connection(abc.ABC):
     user: str
 
     @abc.abstractmethod
-    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None: ...
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
+                headers: Mapping[str, Any] | None = None) -> None: ...
 
     @abc.abstractmethod
     def flush(self, timeout: float = 60.0) -> None: ...
@@ -92,8 +96,9 @@ class Connection(abc.ABC):
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
 
     @abc.abstractmethod
-    def dead_letter(self, delivery_tag: int) -> None:
-        """Reject without requeue: the message goes to the dead-letter queue."""
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Put a copy of ``delivery`` on the dead-letter queue with the reason, where it came from and who
+        sent it. The caller then acknowledges the delivery (after ``flush``), as for any other."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

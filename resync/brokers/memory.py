@@ -8,11 +8,22 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from messages.errors import ConnectionClosed
-from resync.brokers.base import DEAD_LETTER_QUEUE, Broker, Connection, Delivery, QueueStats, Topology
+from resync.brokers.base import (
+    DEAD_LETTER_QUEUE,
+    ORIGIN,
+    REASON,
+    SENDER,
+    Broker,
+    Connection,
+    Delivery,
+    QueueStats,
+    Topology,
+)
 
 
 @dataclass
@@ -22,6 +33,7 @@ class _Message:
     user_id: str
     kind: str
     redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,13 +89,14 @@ class MemoryConnection(Connection):
         if self._closed:
             raise ConnectionClosed("connection is closed")
 
-    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None:
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
+                headers: Mapping[str, Any] | None = None) -> None:
         self._check()
         with self.broker.cond:
             queue = self.broker.queues.get(routing_key)
             if queue is None:
                 raise ConnectionClosed(f"no queue is bound to routing key {routing_key!r}")
-            queue.messages.append(_Message(bytes(body), message_id, self.user, kind))
+            queue.messages.append(_Message(bytes(body), message_id, self.user, kind, headers=dict(headers or {})))
             self.broker.cond.notify_all()
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -110,7 +123,8 @@ class MemoryConnection(Connection):
                         q.unacked += 1
                         tag = next(self._tags)
                         self._pending[tag] = (q, m)
-                        out.append(Delivery(m.body, tag, q.name, m.message_id, m.user_id, m.kind, m.redelivered))
+                        out.append(Delivery(m.body, tag, q.name, m.message_id, m.user_id, m.kind, m.redelivered,
+                                            m.headers))
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0 or self._closed:
                     return out
@@ -128,11 +142,13 @@ class MemoryConnection(Connection):
         with self.broker.cond:
             self._settle(delivery_tag, multiple)
 
-    def dead_letter(self, delivery_tag: int) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._check()
         with self.broker.cond:
-            for _, m in self._settle(delivery_tag, False):
-                self.broker.queues[DEAD_LETTER_QUEUE].messages.append(m)
+            self.broker.queues[DEAD_LETTER_QUEUE].messages.append(_Message(
+                delivery.body, delivery.message_id or "", self.user, delivery.type or "",
+                headers={REASON: reason, ORIGIN: delivery.queue, SENDER: delivery.user_id or ""}))
+            self.broker.cond.notify_all()
 
     def close(self) -> None:
         with self.broker.cond:

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 import amqp
@@ -26,6 +27,9 @@ from resync.brokers.base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     EXCHANGE,
+    ORIGIN,
+    REASON,
+    SENDER,
     Broker,
     Connection,
     Delivery,
@@ -149,7 +153,8 @@ class RabbitConnection(Connection):
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._failures.append(f"no queue for routing key {routing_key!r}: {exc}")
 
-    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str) -> None:
+    def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
+                headers: Mapping[str, Any] | None = None, exchange: str = EXCHANGE) -> None:
         try:
             if not self._confirming:
                 self.channel.confirm_select()
@@ -158,8 +163,9 @@ class RabbitConnection(Connection):
                 self.channel.events["basic_return"].add(self._on_return)
                 self._confirming = True
             msg = amqp.Message(body, content_type="application/json", delivery_mode=2,
-                               message_id=message_id, type=kind, user_id=self.user)
-            self.channel.basic_publish(msg, exchange=EXCHANGE, routing_key=routing_key, mandatory=True)
+                               message_id=message_id, type=kind, user_id=self.user,
+                               application_headers=dict(headers) if headers else None)
+            self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=True)
             self._published += 1
             if self._published - self._confirmed > _WINDOW:
                 self._drain_until(self._published - _WINDOW // 2, 60.0)
@@ -199,6 +205,7 @@ class RabbitConnection(Connection):
             props.get("user_id"),
             props.get("type"),
             bool(message.delivery_info.get("redelivered")),
+            dict(props.get("application_headers") or {}),
         ))
 
     def consume(self, queue: str, *, prefetch: int) -> None:
@@ -231,11 +238,10 @@ class RabbitConnection(Connection):
         except _ERRORS as e:
             raise ConnectionClosed(f"ack failed: {e}") from None
 
-    def dead_letter(self, delivery_tag: int) -> None:
-        try:
-            self.channel.basic_reject(delivery_tag, requeue=False)
-        except _ERRORS as e:
-            raise ConnectionClosed(f"reject failed: {e}") from None
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.publish(DEAD_LETTER_QUEUE, delivery.body, kind=delivery.type or "", message_id=delivery.message_id or "",
+                     headers={REASON: reason[:1000], ORIGIN: delivery.queue, SENDER: delivery.user_id or ""},
+                     exchange=DEAD_LETTER_EXCHANGE)
 
     def close(self) -> None:
         if self._closed:
