@@ -280,7 +280,7 @@ def errors(c: Ctx, limit: int, as_json: bool) -> None:
 @pass_ctx
 def queue(c: Ctx, as_json: bool) -> None:
     """The district's queues (ready, unacknowledged, consumers) and what awaits an ack."""
-    broker = open_broker(c.settings.broker_url, c.settings.management_url)
+    broker = open_broker(c.settings.broker_url, c.settings.management_url, dict(c.settings.broker_tls))
     queues = [*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]
     try:
         stats = broker.queue_stats(queues)
@@ -300,7 +300,7 @@ def _needs_broker(c: Ctx, what: str) -> Broker:
     if not c.settings.broker_url:
         raise FatalError(f"{what} needs RESYNC_BROKER_URL (or --broker-url): the in-process broker lives inside "
                          "one process; `resync demo` runs agent and receiver together on it")
-    return open_broker(c.settings.broker_url)
+    return open_broker(c.settings.broker_url, c.settings.management_url, dict(c.settings.broker_tls))
 
 
 def _run_daemon(target: Any) -> None:

@@ -21,7 +21,7 @@ console = Console(stderr=True)
 
 
 def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool) -> str:
-    broker = open_broker(settings.broker_url)
+    broker = open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
     embedded = not settings.broker_url
     where = "the embedded default (SQLite files and an in-process broker)" if embedded else (
         f"{broker.describe()}, district DB {settings.district_db_url.split('@')[-1]}, "

@@ -62,6 +62,8 @@ class Settings:
     year_start: tuple[int, int] = (8, 15)
     reminder_days: int = 30
     today: dt.date | None = None
+    broker_tls: Mapping[str, str] = field(default_factory=dict)
+    """``ca_certs``, ``certfile``, ``keyfile`` for ``amqps://`` (RESYNC_BROKER_CA_FILE, _CERT_FILE, _KEY_FILE)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,6 +100,10 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"RESYNC_TODAY={get('TODAY')!r} is not a date (YYYY-MM-DD)") from None
             values.setdefault("school_year", current_school_year(values["today"]))
+        tls = {opt: get(f"BROKER_{key}_FILE") for opt, key in (("ca_certs", "CA"), ("certfile", "CERT"),
+                                                                ("keyfile", "KEY")) if get(f"BROKER_{key}_FILE")}
+        if tls:
+            values["broker_tls"] = tls
         if get("SYNC_YEARS"):
             years = frozenset(y.lower() for y in items("SYNC_YEARS"))
             if not years <= {"previous", "next"}:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -45,8 +46,9 @@ _WINDOW = 20_000  # unconfirmed messages allowed in flight before publish waits
 class RabbitBroker(Broker):
     kind = "RabbitMQ"
 
-    def __init__(self, url: str, management_url: str | None = None) -> None:
+    def __init__(self, url: str, management_url: str | None = None, tls: dict[str, str] | None = None) -> None:
         self.url = url
+        self.tls = tls
         self.management_url = management_url
         parsed = urllib.parse.urlparse(url)
         self.user = urllib.parse.unquote(parsed.username or "guest")
@@ -57,7 +59,7 @@ class RabbitBroker(Broker):
         return f"RabbitMQ at {p.hostname}:{p.port or 5672} vhost {self.vhost!r}"
 
     def connect(self) -> RabbitConnection:
-        return RabbitConnection(self.url, self.user)
+        return RabbitConnection(self.url, self.user, self.tls)
 
     def declare_district(self, district: str) -> None:
         with self.connect() as conn:
@@ -103,10 +105,14 @@ class RabbitBroker(Broker):
 
 
 class RabbitConnection(Connection):
-    def __init__(self, url: str, user: str) -> None:
+    def __init__(self, url: str, user: str, tls: dict[str, str] | None = None) -> None:
         self.user = user
+        ssl_options: Any = None
+        if url.startswith("amqps://"):
+            # verify the broker's certificate, against the given CA file or the system's
+            ssl_options = {"cert_reqs": ssl.CERT_REQUIRED, **(tls or {})}
         try:
-            self._kombu = kombu.Connection(url, heartbeat=0, connect_timeout=10)
+            self._kombu = kombu.Connection(url, heartbeat=0, connect_timeout=10, ssl=ssl_options or False)
             self._kombu.connect()
             self.conn: amqp.Connection = self._kombu.connection
             self.channel: amqp.Channel = self.conn.channel()
