@@ -171,6 +171,8 @@ class AgentStore:
     def record_acks(self, acks: list[Ack]) -> int:
         """Log each outcome once (a redelivered ack changes nothing) and add it to its object's counts.
         Returns how many outcomes were new."""
+        # a replayed ack can arrive in the same delivery batch as the first one: one outcome per msg_id
+        acks = list({a.msg_id: a for a in reversed(acks)}.values())[::-1]
         if not acks:
             return 0
         now = now_ts()

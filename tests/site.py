@@ -35,6 +35,7 @@ class Site:
                     "RESYNC_DISTRICT_USERS": "district-1=guest"}
         self.district, self.state = engine(district_db), engine(state_db)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.started = 0
 
     def cli(self, *args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "resync", *args], env=self.env, capture_output=True, text=True,
@@ -66,7 +67,8 @@ class Site:
         raise AssertionError(f"gave up waiting for {what}\n{daemon_logs}")
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{args[0]}-{len(self.procs)}.log").open("wb")
+        self.started += 1
+        log = (self.logs / f"{args[0]}-{self.started}.log").open("wb")
         p = subprocess.Popen([sys.executable, "-m", "resync", *args], env=self.env, stdout=log, stderr=log)
         self.procs.append(p)
         return p

@@ -110,3 +110,17 @@ def test_deleting_a_parent_with_children_is_refused_and_the_child_stays(db: Engi
                           ts="2026-11-29T10:00:00.000Z")
     assert run(db, state, delete_structure) == [("ok", None)]
     assert count(db, state, "ScheduleStructure") == 0
+
+
+def test_the_agent_counts_an_ack_once_even_when_its_replay_arrives_with_it(db: Engine) -> None:
+    from agent.store import AgentStore, PlannedObject
+    from messages.envelope import Ack
+
+    store = AgentStore(db)
+    store.create()
+    batch = store.queue_batch([PlannedObject("District", 1)], kind="partial", year=2027, check_dependencies=False)
+    ack = Ack(new_id(), "ok", None, "District", new_id(), batch)
+    assert store.record_acks([ack, ack]) == 1
+    assert store.record_acks([ack]) == 0
+    [obj] = store.batch_objects(batch)
+    assert obj["processed"] == 1
