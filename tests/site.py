@@ -77,17 +77,14 @@ class Site:
         return str(json.loads(self.cli("send", "--json", *args))["batch_id"])
 
     def wait(self, batch_id: str) -> dict[str, Any]:
+        """The batch, once it is no longer queued, running or waiting for acks."""
         store = AgentStore(self.district)
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
+
+        def finished() -> dict[str, Any] | None:
             b = store.batch(batch_id)
-            if b and b["status"] not in ("queued", "running", "sent"):
-                return b
-            if any(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.2)
-        daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
-        raise AssertionError(f"batch {batch_id} did not finish: {store.batch_objects(batch_id)}\n{daemon_logs}")
+            return b if b and b["status"] not in ("queued", "running", "sent") else None
+
+        return dict(self.until(f"batch {batch_id} to finish", finished))
 
     def stop(self) -> None:
         for p in self.procs:
