@@ -28,7 +28,9 @@ def engine(url: str) -> Engine:
         return eng
     if u.get_backend_name() != "postgresql":
         raise ConfigError(f"database {u.get_backend_name()!r} is not supported; use PostgreSQL or SQLite")
-    return create_engine(u, pool_pre_ping=True)
+    # No server-side prepared statements: a generic plan for "key = ANY($1)" can fall back to scanning a
+    # table that grew since it was analyzed; planned with the actual keys, the index is always used.
+    return create_engine(u, pool_pre_ping=True, connect_args={"prepare_threshold": None})
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
