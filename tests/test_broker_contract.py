@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resync.brokers import Broker, Topology
+from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
 
 
@@ -22,6 +22,16 @@ def _drain(broker: Broker, queue: str, expect: int) -> list[bytes]:
             assert batch, f"only {len(got)} of {expect} messages arrived"
             got.extend(d.body for d in batch)
             conn.ack(batch[-1].delivery_tag, multiple=True)
+    return got
+
+
+def _take(conn: Connection, n: int) -> list[Delivery]:
+    """Exactly ``n`` deliveries, however the broker batches them."""
+    got: list[Delivery] = []
+    while len(got) < n:
+        batch = conn.fetch(n - len(got), timeout=5)
+        assert batch, f"only {len(got)} of {n} messages arrived"
+        got += batch
     return got
 
 
@@ -48,9 +58,7 @@ def test_unacknowledged_messages_come_back_after_the_connection_closes(broker: B
     _publish(broker, 10, queue)
     with broker.connect() as conn:
         conn.consume(queue, prefetch=100)
-        got = conn.fetch(10, timeout=5)
-        while len(got) < 10:
-            got += conn.fetch(10 - len(got), timeout=5)
+        got = _take(conn, 10)
         conn.ack(got[4].delivery_tag, multiple=True)  # the first five are done, the rest are not
     again = _drain(broker, queue, 5)
     assert again == [f'{{"n": {i}}}'.encode() for i in range(5, 10)]
@@ -62,9 +70,7 @@ def test_dead_lettered_message_lands_in_the_dead_letter_queue(broker: Broker) ->
     _publish(broker, 3, queue)
     with broker.connect() as conn:
         conn.consume(queue, prefetch=10)
-        got = conn.fetch(3, timeout=5)
-        while len(got) < 3:
-            got += conn.fetch(3 - len(got), timeout=5)
+        got = _take(conn, 3)
         conn.dead_letter(got[1], "cannot be processed")
         conn.flush()
         conn.ack(got[2].delivery_tag, multiple=True)
