@@ -1,0 +1,150 @@
+"""Throughput benchmark: raw broker round trip versus a full resync end to end, on RabbitMQ and PostgreSQL.
+
+    python benchmarks/resync_bench.py --records 100000
+
+It makes its own RabbitMQ vhost (rabbitmqctl) and PostgreSQL databases, seeds a district of about N
+records (not timed), measures the raw round trip (N persistent messages of the real size, published
+with pipelined confirms and consumed with acks at the same time, no database), then runs a full resync
+with the agent and the receiver as separate processes, from `resync send --all` until every ack is
+counted, and checks the state. Prints a human summary and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import func, select
+
+from agent.store import AgentStore
+from messages import catalog as catalog_mod
+from publisher.schema import DistrictSchema
+from resync.brokers import Topology
+from resync.brokers.rabbitmq import RabbitBroker
+from resync.db import engine
+from state_receiver.schema import StateSchema
+
+RECORDS_PER_STUDENT = 26.8  # what `resync seed` makes, measured at 4,000 students
+
+
+def resync(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "resync", *args], env=env, **kw)  # type: ignore[call-overload]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def raw_round_trip(url: str, n: int, size: int) -> float:
+    """Records per second: publish n messages with pipelined confirms while a consumer acks them."""
+    broker = RabbitBroker(url)
+    broker.declare_district("bench-raw")
+    queue, body = Topology.events("bench-raw"), b"x" * size
+    done = threading.Event()
+
+    def consume() -> None:
+        with broker.connect() as conn:
+            conn.consume(queue, prefetch=1000)
+            seen = 0
+            while seen < n:
+                got = conn.fetch(500, timeout=5)
+                if not got:
+                    break
+                seen += len(got)
+                conn.ack(got[-1].delivery_tag, multiple=True)
+        done.set()
+
+    consumer = threading.Thread(target=consume)
+    started = time.perf_counter()
+    consumer.start()
+    with broker.connect() as conn:
+        for i in range(n):
+            conn.publish(queue, body, kind="event", message_id=f"{i:032X}")
+        conn.flush()
+    consumer.join()
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000, help="about how many records the district has")
+    ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
+    args = ap.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    vhost, ddb, sdb = f"bench-{tag}", f"bench_{tag}_district", f"bench_{tag}_state"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    admin = psycopg.connect(f"{args.postgres}/postgres", autocommit=True)
+    for db in (ddb, sdb):
+        admin.execute(f'CREATE DATABASE "{db}"')
+    url = f"{args.rabbitmq}/{vhost}"
+    env = {**os.environ, "RESYNC_BROKER_URL": url, "RESYNC_DISTRICT_DB": f"{args.postgres}/{ddb}",
+           "RESYNC_STATE_DB": f"{args.postgres}/{sdb}", "RESYNC_DISTRICT_USERS": "*=guest",
+           "RESYNC_SCHOOL_YEAR": "2027", "RESYNC_LOG_LEVEL": "WARNING"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        students = max(1, round(args.records / RECORDS_PER_STUDENT))
+        subprocess.run([sys.executable, "-m", "resync", "seed", "--students", str(students), "--year", "2027"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        catalog = catalog_mod.load()
+        district = engine(env["RESYNC_DISTRICT_DB"])
+        total = sum(DistrictSchema(catalog).count(district, n, 2027) for n in catalog.names())
+        size = 300  # bytes: a typical event of this district
+        raw = raw_round_trip(url, total, size)
+
+        for role in ("receiver", "agent"):
+            procs.append(resync(env, "--log-level", "WARNING", role, "run", stderr=subprocess.DEVNULL))
+        time.sleep(2)
+        started = time.perf_counter()
+        batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json"], env=env,
+                                             check=True, capture_output=True, text=True).stdout)["batch_id"]
+        store = AgentStore(district)
+        while (store.batch(batch_id) or {}).get("status") != "completed":
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a daemon died; see its log")
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        rss = {role: round(peak_rss_mb(p.pid), 1) for role, p in zip(("receiver", "agent"), procs, strict=True)}
+
+        objects = store.batch_objects(batch_id)
+        ok = sum(o["processed"] - o["errors"] for o in objects)
+        state = engine(env["RESYNC_STATE_DB"])
+        schema = StateSchema(catalog)
+        with state.connect() as conn:
+            at_state = sum(conn.execute(select(func.count()).select_from(schema.tables[n])).scalar_one()
+                           for n in catalog.names())
+        result = {
+            "records": total, "raw_round_trip_per_s": round(raw), "end_to_end_s": round(elapsed, 1),
+            "end_to_end_per_s": round(total / elapsed), "ratio_to_raw": round(total / elapsed / raw, 3),
+            "peak_rss_mb": rss, "state_rows": at_state, "acked_ok": ok,
+            "state_complete": at_state == ok and sum(o["sent"] for o in objects) == total,
+        }
+        print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
+              f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
+              f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "
+              f"{result['state_complete']}")
+        print(json.dumps(result))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+        for db in (ddb, sdb):
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
