@@ -3,7 +3,6 @@ every batch), per-object counts, the agent log (one final outcome per record) an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,7 +344,3 @@ class AgentStore:
             return [{"batch_id": r.batch_id, "status": r.status, "sent": int(r.sent or 0),
                      "processed": int(r.processed or 0), "awaiting_ack": int((r.sent or 0) - (r.processed or 0))}
                     for r in conn.execute(query)]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
