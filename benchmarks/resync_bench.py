@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import func, select
@@ -46,33 +47,38 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _raw_consume(url: str, queue: str, n: int, ready: Any) -> None:
+    with RabbitBroker(url).connect() as conn:
+        conn.consume(queue, prefetch=1000)
+        ready.set()
+        seen = 0
+        while seen < n:
+            got = conn.fetch(500, timeout=30)
+            if not got:
+                raise SystemExit(f"raw round trip: consumer saw {seen} of {n} messages")
+            seen += len(got)
+            conn.ack(got[-1].delivery_tag, multiple=True)
+
+
 def raw_round_trip(url: str, n: int, size: int) -> float:
-    """Records per second: publish n messages with pipelined confirms while a consumer acks them."""
+    """Messages per second: one process publishes n persistent messages with pipelined confirms while
+    another consumes and acks them, through the same broker module the daemons use."""
     broker = RabbitBroker(url)
     broker.declare_district("bench-raw")
     queue, body = Topology.events("bench-raw"), b"x" * size
-    done = threading.Event()
-
-    def consume() -> None:
-        with broker.connect() as conn:
-            conn.consume(queue, prefetch=1000)
-            seen = 0
-            while seen < n:
-                got = conn.fetch(500, timeout=5)
-                if not got:
-                    break
-                seen += len(got)
-                conn.ack(got[-1].delivery_tag, multiple=True)
-        done.set()
-
-    consumer = threading.Thread(target=consume)
-    started = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    consumer = ctx.Process(target=_raw_consume, args=(url, queue, n, ready))
     consumer.start()
+    ready.wait(30)
+    started = time.perf_counter()
     with broker.connect() as conn:
         for i in range(n):
             conn.publish(queue, body, kind="event", message_id=f"{i:032X}")
         conn.flush()
     consumer.join()
+    if consumer.exitcode != 0:
+        raise SystemExit("raw round trip failed")
     return n / (time.perf_counter() - started)
 
 

@@ -1,8 +1,11 @@
 """RabbitMQ through py-amqp (kombu's transport). The only module that imports an AMQP client.
 
 Publisher confirms are pipelined: messages go out without waiting and the broker's (multiple)
-acks are counted as they arrive; ``flush`` waits for the rest. Third-party errors are converted
-here into ``ConnectionClosed`` so nothing above this module sees an AMQP exception type.
+acks are counted as they arrive; ``flush`` waits for the rest. The two hot paths, publishing and
+delivery, bypass py-amqp's per-message machinery (see ``frames.py``): publishes are packed into one
+write buffer, and deliveries are parsed straight from large socket reads, while every other frame
+still goes to py-amqp. Third-party errors are converted here into ``ConnectionClosed`` so nothing
+above this module sees an AMQP exception type.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import amqp
 import kombu
 import structlog
 from amqp.exceptions import AccessRefused, AMQPError
+from amqp.serialization import decode_properties_basic
 
 from messages.errors import ConnectionClosed
 from resync.brokers.base import (
@@ -37,10 +41,21 @@ from resync.brokers.base import (
     QueueStats,
     Topology,
 )
+from resync.brokers.frames import (
+    BASIC_DELIVER,
+    BODY,
+    HEADER,
+    METHOD,
+    FrameReader,
+    body_size,
+    parse_deliver,
+    publish_frames,
+)
 
 log = structlog.get_logger()
 _ERRORS = (AMQPError, OSError, ConnectionError, socket.timeout)
 _WINDOW = 20_000  # unconfirmed messages allowed in flight before publish waits
+_WRITE_SIZE = 128 * 1024  # publishes are written to the socket in chunks of about this size
 
 
 class RabbitBroker(Broker):
@@ -118,6 +133,17 @@ class RabbitConnection(Connection):
             self.channel: amqp.Channel = self.conn.channel()
         except _ERRORS as e:
             raise ConnectionClosed(f"cannot connect to RabbitMQ: {e}") from None
+        transport = self.conn.transport
+        self._sock = transport.sock
+        self._reader = FrameReader(self._sock.recv)
+        transport.read_frame = self._reader.frame  # py-amqp reads its frames from the same buffer
+        self._channel_id: int = self.channel.channel_id
+        self._frame_max: int = self.conn.frame_max
+        self._out = bytearray()
+        self._delivering: tuple[int, bool, str] | None = None
+        self._properties: dict[str, Any] = {}
+        self._body: list[bytes] = []
+        self._remaining = 0
         self._confirming = False
         self._published = 0
         self._confirmed = 0
@@ -168,26 +194,80 @@ class RabbitConnection(Connection):
                 self.channel.events["basic_nack"].add(self._on_nack)
                 self.channel.events["basic_return"].add(self._on_return)
                 self._confirming = True
-            msg = amqp.Message(body, content_type="application/json", delivery_mode=2,
-                               message_id=message_id, type=kind, user_id=self.user,
-                               application_headers=dict(headers) if headers else None)
-            self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=True)
+            if headers:
+                self._send()
+                msg = amqp.Message(body, content_type="application/json", delivery_mode=2,
+                                   message_id=message_id, type=kind, user_id=self.user,
+                                   application_headers=dict(headers))
+                self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=True)
+            else:
+                self._out += publish_frames(self._channel_id, self._frame_max, exchange, routing_key, body,
+                                            content_type="application/json", message_id=message_id, type_=kind,
+                                            user_id=self.user)
+                if len(self._out) >= _WRITE_SIZE:
+                    self._send()
             self._published += 1
             if self._published - self._confirmed > _WINDOW:
                 self._drain_until(self._published - _WINDOW // 2, 60.0)
         except _ERRORS as e:
             raise ConnectionClosed(f"publish failed: {e}") from None
 
+    def _send(self) -> None:
+        if self._out:
+            self._sock.sendall(self._out)
+            self._out.clear()
+
     def _drain_until(self, tag: int, timeout: float) -> None:
+        self._send()
         deadline = time.monotonic() + timeout
         while self._confirmed < tag:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectionClosed(f"broker did not confirm {tag - self._confirmed} message(s) in {timeout}s")
+            self._pump(min(remaining, 1.0))
+
+    # reading --------------------------------------------------------------------------------
+
+    def _pump(self, timeout: float) -> bool:
+        """Handle the next frame, waiting up to ``timeout`` for it; False when none came."""
+        if not self._reader.has_frame():
+            self._sock.settimeout(max(timeout, 0.0001))
             try:
-                self.conn.drain_events(timeout=min(remaining, 1.0))
+                frame = self._reader.frame()
             except TimeoutError:
-                continue
+                return False
+            finally:
+                self._sock.settimeout(None)  # writes must never time out halfway through a frame
+        else:
+            frame = self._reader.frame()
+        kind, channel, payload = frame
+        if channel == self._channel_id:
+            if self._delivering is None and kind == METHOD and payload[:4] == BASIC_DELIVER:
+                self._delivering = parse_deliver(payload)
+                return True
+            if self._delivering is not None:
+                if kind == HEADER:
+                    self._remaining = body_size(payload)
+                    self._properties = decode_properties_basic(payload, 12)[0]
+                    self._body = []
+                elif kind == BODY:
+                    self._body.append(payload)
+                    self._remaining -= len(payload)
+                if self._remaining <= 0:
+                    self._delivered()
+                return True
+        self.conn.on_inbound_frame(frame)  # confirms, returns, cancels, closes: py-amqp's
+        return True
+
+    def _delivered(self) -> None:
+        assert self._delivering is not None
+        tag, redelivered, routing_key = self._delivering
+        props = self._properties
+        self._buffer.append(Delivery(
+            b"".join(self._body), tag, routing_key, props.get("message_id"), props.get("user_id"),
+            props.get("type"), redelivered, dict(props.get("application_headers") or {}),
+        ))
+        self._delivering = None
 
     def flush(self, timeout: float = 60.0) -> None:
         try:
@@ -216,6 +296,7 @@ class RabbitConnection(Connection):
 
     def consume(self, queue: str, *, prefetch: int) -> None:
         try:
+            self._send()
             self.channel.basic_qos(0, prefetch, False)
             self.channel.basic_consume(queue, callback=self._on_message, no_ack=False)
         except _ERRORS as e:
@@ -225,14 +306,14 @@ class RabbitConnection(Connection):
         deadline = time.monotonic() + timeout
         try:
             while len(self._buffer) < max_count:
+                if self._reader.has_frame():
+                    self._pump(0)
+                    continue
                 wait = deadline - time.monotonic() if not self._buffer else 0.002
                 if wait <= 0:
                     break
-                try:
-                    self.conn.drain_events(timeout=wait)
-                except TimeoutError:
-                    if self._buffer or time.monotonic() >= deadline:
-                        break
+                if not self._pump(wait) and (self._buffer or time.monotonic() >= deadline):
+                    break
         except _ERRORS as e:
             raise ConnectionClosed(f"consuming failed: {e}") from None
         out, self._buffer = self._buffer[:max_count], self._buffer[max_count:]
@@ -240,6 +321,7 @@ class RabbitConnection(Connection):
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         try:
+            self._send()
             self.channel.basic_ack(delivery_tag, multiple=multiple)
         except _ERRORS as e:
             raise ConnectionClosed(f"ack failed: {e}") from None
@@ -253,6 +335,10 @@ class RabbitConnection(Connection):
         if self._closed:
             return
         self._closed = True
+        try:
+            self._send()
+        except _ERRORS:
+            pass
         try:
             self._kombu.release()
         except Exception:
