@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from messages.envelope import Ack, new_id, now_ts
-from resync.db import create_all, insert
+from resync.db import create_all, insert_many
 
 metadata = MetaData()
 
@@ -180,8 +180,9 @@ class AgentStore:
                  "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
                  "logged_at": now} for a in acks]
         with self.engine.begin() as conn:
-            stmt = insert(self.engine)(agent_log).on_conflict_do_nothing(index_elements=["msg_id"])
-            new = {r.msg_id for r in conn.execute(stmt.returning(agent_log.c.msg_id), rows)}
+            new = {r.msg_id for r in insert_many(
+                conn, agent_log, rows, conflict=lambda stmt: stmt.on_conflict_do_nothing(index_elements=["msg_id"]),
+                returning=[agent_log.c.msg_id])}
             fresh = [a for a in acks if a.msg_id in new]
             counts: dict[tuple[str, str], list[int]] = {}
             for a in fresh:

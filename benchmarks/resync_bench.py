@@ -15,6 +15,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,34 @@ def _raw_consume(url: str, queue: str, n: int, ready: Any) -> None:
             conn.ack(got[-1].delivery_tag, multiple=True)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def services() -> dict[str, list[int]]:
+    """Process ids of the local RabbitMQ and PostgreSQL, to account their CPU time (0 when they run elsewhere)."""
+    out: dict[str, list[int]] = {"rabbitmq": [], "postgresql": []}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "beam.smp":
+            out["rabbitmq"].append(int(entry.name))
+        elif comm in ("postgres", "postmaster"):
+            out["postgresql"].append(int(entry.name))
+    return out
+
+
 def raw_round_trip(url: str, n: int, size: int) -> float:
     """Messages per second: one process publishes n persistent messages with pipelined confirms while
     another consumes and acks them, through the same broker module the daemons use."""
@@ -87,6 +116,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=100_000, help="about how many records the district has")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
+    ap.add_argument("--py-spy", metavar="DIR", help="record py-spy flame graphs of both daemons into DIR")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -114,6 +144,12 @@ def main() -> None:
         for role in ("receiver", "agent"):
             procs.append(resync(env, "--log-level", "WARNING", role, "run", stderr=subprocess.DEVNULL))
         time.sleep(2)
+        before = services()
+        cpu_before = {name: cpu_seconds(pids) for name, pids in before.items()}
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        spies = [subprocess.Popen([spy, "record", "--pid", str(p.pid), "--rate", "50", "--format", "raw",
+                                   "-o", f"{args.py_spy}/{role}.txt"], stdout=subprocess.DEVNULL)
+                 for role, p in zip(("receiver", "agent"), procs, strict=True)] if args.py_spy else []
         started = time.perf_counter()
         batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json"], env=env,
                                              check=True, capture_output=True, text=True).stdout)["batch_id"]
@@ -123,6 +159,11 @@ def main() -> None:
                 raise SystemExit("a daemon died; see its log")
             time.sleep(0.1)
         elapsed = time.perf_counter() - started
+        cpu = {role: round(cpu_seconds([p.pid]), 1) for role, p in zip(("receiver", "agent"), procs, strict=True)}
+        cpu.update({name: round(cpu_seconds(pids) - cpu_before[name], 1) for name, pids in services().items()})
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         rss = {role: round(peak_rss_mb(p.pid), 1) for role, p in zip(("receiver", "agent"), procs, strict=True)}
 
         objects = store.batch_objects(batch_id)
@@ -135,13 +176,14 @@ def main() -> None:
         result = {
             "records": total, "raw_round_trip_per_s": round(raw), "end_to_end_s": round(elapsed, 1),
             "end_to_end_per_s": round(total / elapsed), "ratio_to_raw": round(total / elapsed / raw, 3),
-            "peak_rss_mb": rss, "state_rows": at_state, "acked_ok": ok,
+            "peak_rss_mb": rss, "cpu_s": cpu, "state_rows": at_state, "acked_ok": ok,
             "state_complete": at_state == ok and sum(o["sent"] for o in objects) == total,
         }
         print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
               f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
               f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "
               f"{result['state_complete']}")
+        print("CPU seconds during the resync: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
         print(json.dumps(result))
     finally:
         for p in procs:

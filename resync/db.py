@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, any_, bindparam, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    MetaData,
+    Table,
+    any_,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -44,6 +58,33 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def insert(eng: Engine) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_update`` / ``on_conflict_do_nothing``."""
     return postgresql.insert if eng.dialect.name == "postgresql" else sqlite.insert
+
+
+def insert_many(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    conflict: Callable[[Any], Any] | None = None,
+    returning: Sequence[Any] = (),
+) -> CursorResult[Any]:
+    """INSERT many rows with one statement. On PostgreSQL ``INSERT ... SELECT FROM unnest(arrays)``: one
+    parameter per column, so one round trip and one plan whatever the number of rows, where executemany
+    costs the server a statement per row. ``conflict`` adds an ON CONFLICT clause to the dialect's insert;
+    with DO UPDATE, ``rows`` must not name one key twice."""
+    stmt = insert(conn.engine)(table)
+    params: Any = list(rows)
+    if conn.engine.dialect.name == "postgresql":
+        cols = list(rows[0])
+        arrays = [cast(bindparam(f"_{c}"), postgresql.ARRAY(table.c[c].type)) for c in cols]
+        source = select(func.unnest(*arrays).table_valued(*cols).render_derived())
+        stmt = stmt.from_select(cols, source)
+        params = {f"_{c}": [r[c] for r in rows] for c in cols}
+    if conflict is not None:
+        stmt = conflict(stmt)
+    if returning:
+        stmt = stmt.returning(*returning)
+    return conn.execute(stmt, params)
 
 
 def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:

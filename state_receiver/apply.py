@@ -20,7 +20,7 @@ from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
 from messages.errors import Category, Code
 from messages.fields import fields
-from resync.db import insert, one_of
+from resync.db import insert_many, one_of
 from resync.tables import from_wire
 from state_receiver.schema import StateSchema
 
@@ -207,22 +207,29 @@ def _upsert(
 ) -> None:
     if not pending:
         return
-    stmt = insert(conn.engine)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["district_id", "ref_id"],
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("district_id", "ref_id")},
-        where=table.c.source_ts <= stmt.excluded.source_ts,
-    )
+
+    def newer_wins(stmt: Any) -> Any:
+        return stmt.on_conflict_do_update(
+            index_elements=["district_id", "ref_id"],
+            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("district_id", "ref_id")},
+            where=table.c.source_ts <= stmt.excluded.source_ts,
+        )
+
+    latest: dict[str, dict[str, Any]] = {}  # one row per record: the newest version the batch holds
+    for _, _, row in pending:
+        seen = latest.get(row["ref_id"])
+        if seen is None or seen["source_ts"] <= row["source_ts"]:
+            latest[row["ref_id"]] = row
     outcome: list[tuple[int, Incoming, Ack]] = []
     try:
         with conn.begin_nested():
-            conn.execute(stmt, [row for _, _, row in pending])
+            insert_many(conn, table, list(latest.values()), conflict=newer_wins)
         outcome = [(pos, item, _ok(item.event)) for pos, item, _ in pending]
     except IntegrityError:
         for pos, item, row in pending:  # a parent vanished since it was looked up: find which record fails
             try:
                 with conn.begin_nested():
-                    conn.execute(stmt, [row])
+                    insert_many(conn, table, [row], conflict=newer_wins)
                 outcome.append((pos, item, _ok(item.event)))
             except IntegrityError as e:
                 outcome.append(
@@ -271,8 +278,9 @@ def _record(
     now: str,
 ) -> None:
     if fresh:
-        conn.execute(
-            insert(conn.engine)(schema.inbox).on_conflict_do_nothing(),
+        insert_many(
+            conn,
+            schema.inbox,
             [
                 {
                     "district_id": district,
@@ -290,6 +298,7 @@ def _record(
                 }
                 for item, a in fresh
             ],
+            conflict=lambda stmt: stmt.on_conflict_do_nothing(),
         )
     errors = [(item, a) for item, a in fresh if a.error is not None]
     if errors:
@@ -301,7 +310,7 @@ def _record(
             now,
         )
     if new_excluded:
-        conn.execute(insert(conn.engine)(schema.excluded).on_conflict_do_nothing(), new_excluded)
+        insert_many(conn, schema.excluded, new_excluded, conflict=lambda stmt: stmt.on_conflict_do_nothing())
 
 
 def log_errors(
