@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
     CursorResult,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal_column,
     select,
     text,
 )
@@ -68,18 +70,19 @@ def insert_many(
     conflict: Callable[[Any], Any] | None = None,
     returning: Sequence[Any] = (),
 ) -> CursorResult[Any]:
-    """INSERT many rows with one statement. On PostgreSQL ``INSERT ... SELECT FROM unnest(arrays)``: one
-    parameter per column, so one round trip and one plan whatever the number of rows, where executemany
-    costs the server a statement per row. ``conflict`` adds an ON CONFLICT clause to the dialect's insert;
-    with DO UPDATE, ``rows`` must not name one key twice."""
+    """INSERT many rows with one statement. On PostgreSQL the rows travel as one JSON parameter and the
+    server unpacks them (``json_populate_recordset``): one round trip and one plan whatever the number of
+    rows, where executemany costs the server a statement per row and the client a conversion per value.
+    ``conflict`` adds an ON CONFLICT clause to the dialect's insert; with DO UPDATE, ``rows`` must not
+    name one key twice."""
     stmt = insert(conn.engine)(table)
     params: Any = list(rows)
     if conn.engine.dialect.name == "postgresql":
         cols = list(rows[0])
-        arrays = [cast(bindparam(f"_{c}"), postgresql.ARRAY(table.c[c].type)) for c in cols]
-        source = select(func.unnest(*arrays).table_valued(*cols).render_derived())
-        stmt = stmt.from_select(cols, source)
-        params = {f"_{c}": [r[c] for r in rows] for c in cols}
+        rowtype: Any = literal_column(f"NULL::{conn.dialect.identifier_preparer.format_table(table)}")
+        source = func.json_populate_recordset(rowtype, cast(bindparam("_rows"), postgresql.JSON)).table_valued(*cols)
+        stmt = stmt.from_select(cols, select(*(source.c[c] for c in cols)))
+        params = {"_rows": orjson.dumps(params, default=str).decode()}
     if conflict is not None:
         stmt = conflict(stmt)
     if returning:
