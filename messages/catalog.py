@@ -10,7 +10,7 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 from messages.errors import CatalogError, UnknownObjectError
@@ -36,7 +36,7 @@ class ObjectDef:
     def table(self) -> str:
         return snake(self.name)
 
-    @property
+    @cached_property
     def references(self) -> tuple[str, ...]:
         """Parents a record points at: its immediate parents, plus the calendar (and grade level)
         it belongs to when the object is tied to a school year."""
@@ -50,6 +50,7 @@ class ObjectDef:
         return self.name in EXCLUDABLE
 
 
+@cache
 def snake(name: str) -> str:
     """``PersonIdentityNoStateIDOnly`` -> ``person_identity_no_state_id_only``."""
     s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
@@ -57,6 +58,7 @@ def snake(name: str) -> str:
     return s.lower()
 
 
+@cache
 def ref_column(parent: str) -> str:
     return f"{snake(parent)}_ref_id"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import orjson
@@ -94,17 +94,19 @@ class _Fields:
         return value
 
 
+_VALID: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str) and len(v) <= 1000 and "\x00" not in v,
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
+    "bool": lambda v: isinstance(v, bool),
+    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e12,
+    "date": lambda v: isinstance(v, str) and _is_date(v),
+}
+
+
 def _check_value(obj: str, name: str, kind: str, value: Any) -> str | None:
-    if value is None:
+    if value is None or _VALID[kind](value):
         return None
-    ok = {
-        "str": lambda v: isinstance(v, str) and len(v) <= 1000 and "\x00" not in v,
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
-        "bool": lambda v: isinstance(v, bool),
-        "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e12,
-        "date": lambda v: isinstance(v, str) and _is_date(v),
-    }[kind](value)
-    return None if ok else f"{obj}.{name} must be {kind}, got {value!r}"[:200]
+    return f"{obj}.{name} must be {kind}, got {value!r}"[:200]
 
 
 def _is_date(v: str) -> bool:
