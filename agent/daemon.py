@@ -3,11 +3,17 @@
 Two threads, each with its own broker connection: the publisher works through queued batches one
 at a time, object by object in plan order, recording after each confirmed chunk how far it got (so a
 restarted agent carries on from there); the main thread consumes the district's ack queue.
+
+The publisher paces itself: it keeps at most ``max_in_flight`` records sent and not yet answered by
+the state (the ack thread tells it when answers come in), and a batch queued with a rate cap never
+sends faster than its ``max_rate`` records per second.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy import Engine
@@ -31,6 +37,9 @@ class Agent:
         self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
         self.district = settings.district
         self.store = AgentStore(engine)
+        self._answers = threading.Condition()
+        self._answered = 0  # records the state answered, counted by the ack thread
+        self._sent = 0  # records published, counted by the publisher thread
 
     def setup(self) -> None:
         self.store.create()
@@ -72,6 +81,7 @@ class Agent:
             self.store.set_batch(batch_id, status="running", started_at=now_ts())
         log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"],
                  year=batch["school_year"])
+        pace = self._pacer(batch_id, batch["max_rate"], stop)
         with self.broker.connect() as conn:
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
             year, request = batch["school_year"], batch["request_id"]
@@ -90,7 +100,7 @@ class Agent:
                     return stop.is_set() or self.store.is_cancelled(batch_id)
 
                 pub.publish_object(batch_id, obj["object"], batch["school_year"], after=obj["last_ref_id"],
-                                   progress=progress, should_stop=should_stop)
+                                   progress=progress, should_stop=should_stop, pace=pace)
                 if self.store.is_cancelled(batch_id):
                     pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request)
                     log.info("batch cancelled", batch=batch_id)
@@ -101,6 +111,26 @@ class Agent:
                 log.info("object sent", batch=batch_id, object=obj["object"] if not request else None)
             pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
+
+    def _pacer(self, batch_id: str, max_rate: int | None, stop: threading.Event) -> Callable[[int], None]:
+        started, paced = time.monotonic(), 0
+
+        def pace(n: int) -> None:
+            nonlocal paced
+            if max_rate:
+                ahead = paced / max_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    stop.wait(ahead)
+                paced += n
+            window = self.settings.max_in_flight
+            if window:
+                with self._answers:
+                    while self._sent - self._answered + n > window and not stop.is_set():
+                        if not self._answers.wait(1.0) and self.store.is_cancelled(batch_id):
+                            break
+            self._sent += n
+
+        return pace
 
     # acks and control messages --------------------------------------------------------------
 
@@ -124,7 +154,10 @@ class Agent:
                         self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
                                              category=int(e.category), code=e.code)
                 if acks:
-                    self.store.record_acks(acks)
+                    answered = self.store.record_acks(acks)
+                    with self._answers:
+                        self._answered += answered
+                        self._answers.notify_all()
                 if deliveries:
                     conn.flush()
                     conn.ack(deliveries[-1].delivery_tag, multiple=True)

@@ -41,6 +41,7 @@ batch = Table(
     Column("completed_at", String(32)),
     Column("message", Text),
     Column("request_id", String(32), unique=True),  # the state's request, for a state-initiated batch
+    Column("max_rate", Integer),  # records per second the agent may send, or null for as fast as it can
 )
 
 batch_object = Table(
@@ -123,13 +124,14 @@ class AgentStore:
 
     def queue_batch(self, objects: list[PlannedObject], *, kind: str, year: int, check_dependencies: bool,
                     initiator: str = "district", requested_by: str = "district administrator",
-                    request_id: str | None = None) -> str:
+                    request_id: str | None = None, max_rate: int | None = None) -> str:
         batch_id = new_id()
         now = now_ts()
         with self.engine.begin() as conn:
             conn.execute(batch.insert().values(
                 batch_id=batch_id, kind=kind, initiator=initiator, requested_by=requested_by, school_year=year,
-                check_dependencies=check_dependencies, status="queued", created_at=now, request_id=request_id))
+                check_dependencies=check_dependencies, status="queued", created_at=now, request_id=request_id,
+                max_rate=max_rate))
             if objects:
                 conn.execute(batch_object.insert(), [
                     {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year,

@@ -1,12 +1,14 @@
 """Stream an object's records in keyset order and publish one persistent message per record.
 
 Never loads a table: rows come in chunks ordered by ``ref_id`` (``WHERE ref_id > last``), so memory
-stays flat and a batch can resume from the last confirmed key. Confirms are pipelined; each chunk is
-confirmed (``flush``) before its count is reported as sent.
+stays flat and a batch can resume from the last confirmed key. Confirms are pipelined: a chunk is
+reported as sent once the broker has confirmed it, and one chunk rides unconfirmed while the next is
+read and published, so neither the database nor the broker waits for the other.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,8 +23,11 @@ from resync.brokers import Connection, Topology
 from resync.tables import to_wire
 
 CHUNK = 2_000
+PACE_EVERY = 50
 Progress = Callable[[int, str], None]
 """Called after each confirmed chunk with the number of records it held and the last ref_id."""
+Pace = Callable[[int], None]
+"""Called before every few records are published with how many; may wait (flow control, rate cap)."""
 
 
 def rows(
@@ -58,6 +63,7 @@ class ObjectPublisher:
         after: str = "",
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        pace: Pace | None = None,
     ) -> int:
         """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker."""
         obj = self.catalog.get(name)
@@ -65,11 +71,25 @@ class ObjectPublisher:
         cols = fields(name)
         event_year = year if obj.year_scoped else None
         sent = 0
+        unconfirmed: deque[tuple[int, int, str]] = deque()  # per chunk: published count, records, last ref_id
+
+        def settle(keep: int) -> None:
+            nonlocal sent
+            while len(unconfirmed) > keep:
+                upto, count, last = unconfirmed.popleft()
+                self.conn.confirm(upto)
+                sent += count
+                if progress:
+                    progress(count, last)
+
         for page in rows(self.engine, self.schema, name, year, after=after):
             if should_stop():
+                settle(0)
                 return sent  # no end marker: the object is not complete
             ts = now_ts()
-            for row in page:
+            for i, row in enumerate(page):
+                if pace is not None and i % PACE_EVERY == 0:
+                    pace(min(PACE_EVERY, len(page) - i))
                 self.seq += 1
                 m = row._mapping
                 event = Event(
@@ -86,10 +106,9 @@ class ObjectPublisher:
                     {c: to_wire(k, m[c]) for c, k in cols},
                 )
                 self.conn.publish(self.queue, encode_event(event), kind=Kind.EVENT, message_id=event.msg_id)
-            self.conn.flush()
-            sent += len(page)
-            if progress:
-                progress(len(page), page[-1].ref_id)
+            unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
+            settle(1)
+        settle(0)
         self.marker(batch, MarkerKind.OBJECT_END, name, event_year, sent)
         return sent
 

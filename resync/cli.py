@@ -125,10 +125,12 @@ def seed(c: Ctx, students: int, seed_value: int, years: tuple[int, ...], reset: 
 @YEAR
 @click.option("--dry-run", is_flag=True, help="Print the plan and send nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until every ack is in.")
+@click.option("--max-rate", type=click.IntRange(1, 10_000_000), metavar="N",
+              help="Send at most N records per second (spare the SIS during school hours).")
 @JSON
 @pass_ctx
 def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: str | None,
-         dry_run: bool, wait: bool, as_json: bool) -> None:
+         dry_run: bool, wait: bool, max_rate: int | None, as_json: bool) -> None:
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
@@ -142,10 +144,11 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
               caption=f"{sum(p.expected for p in plan):,} records")
         return
     batch_id = store.queue_batch(plan, kind="full" if send_all else "partial", year=y,
-                                 check_dependencies=check_dependencies)
+                                 check_dependencies=check_dependencies, max_rate=max_rate)
     if as_json and not wait:
         return emit_json({"batch_id": batch_id, "objects": [p.name for p in plan]})
-    console.print(f"queued batch {batch_id}: {len(plan)} objects, {sum(p.expected for p in plan):,} records")
+    rate = f", at most {max_rate:,} records/s" if max_rate else ""
+    console.print(f"queued batch {batch_id}: {len(plan)} objects, {sum(p.expected for p in plan):,} records{rate}")
     if wait:
         watch(store, batch_id)
 

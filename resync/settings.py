@@ -54,6 +54,9 @@ class Settings:
     objects: tuple[str, ...] | None = None
     school_year: int = field(default_factory=current_school_year)
     max_body: int = 256 * 1024
+    max_in_flight: int = 20_000
+    """Records the agent may have sent that the state has not answered yet (0: no limit). Keeps the
+    event queue short, where the broker is cheapest, and stops a batch from flooding a state that is down."""
     sync_years: frozenset[str] = frozenset()
     """Adjacent school years synced besides the current one: ``previous``, ``next``."""
     year_objects: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -87,7 +90,7 @@ class Settings:
             values["district_users"] = _pairs(get("DISTRICT_USERS"))
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
-        for key in ("school_year", "max_body"):
+        for key in ("school_year", "max_body", "max_in_flight"):
             raw = get(key.upper())
             if raw:
                 try:

@@ -4,12 +4,18 @@ Per delivery batch: check identity and decode each message; apply the valid even
 in one transaction; publish the acks (packed) to the district's ack queue and wait for the broker's
 confirms; only then acknowledge the AMQP deliveries. A crash anywhere before that last step means
 redelivery, and the inbox turns redelivery into the same acks.
+
+Two batches are in hand at a time: while a worker thread decodes and applies one, the connection's
+thread answers the one before and fetches the next, so the database and the broker work side by side.
+Batches are still applied, answered and acknowledged in the order they arrived.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import Engine
@@ -31,6 +37,14 @@ log = structlog.get_logger()
 ACKS_PER_MESSAGE = 1000
 
 
+@dataclass
+class Answers:
+    """What one delivery batch gets back: the acks for each district, and what must be dead-lettered."""
+
+    acks: dict[str, list[Ack]] = field(default_factory=dict)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+
+
 class Receiver:
     def __init__(
         self,
@@ -39,8 +53,8 @@ class Receiver:
         engine: Engine,
         catalog: Catalog,
         *,
-        prefetch: int = 1000,
-        batch_size: int = 500,
+        prefetch: int = 3000,
+        batch_size: int = 1000,
     ) -> None:
         self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
         self.schema = StateSchema(catalog)
@@ -60,22 +74,36 @@ class Receiver:
         log.info("receiver stopped", applied=self.applied)
 
     def _serve(self, stop: threading.Event) -> None:
-        with self.broker.connect() as conn:
+        with self.broker.connect() as conn, ThreadPoolExecutor(1, thread_name_prefix="apply") as worker:
             for d in self.districts:
                 conn.consume(Topology.events(d), prefetch=self.prefetch)
+            in_hand: tuple[list[Delivery], Future[Answers]] | None = None
             while not stop.is_set():
-                deliveries = conn.fetch(self.batch_size, timeout=0.5)
-                if deliveries:
-                    self.handle(conn, deliveries)
+                deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.02)
+                following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
+                if in_hand is not None:
+                    self.answer(conn, in_hand[0], in_hand[1].result())
+                in_hand = following
+            if in_hand is not None:
+                self.answer(conn, in_hand[0], in_hand[1].result())
 
     def handle(self, conn: Connection, deliveries: list[Delivery]) -> None:
+        self.answer(conn, deliveries, self.work(deliveries))
+
+    def work(self, deliveries: list[Delivery]) -> Answers:
+        """Decode and apply a delivery batch; touches the database, never the broker."""
         by_district: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_district[Topology.district_of(d.queue)].append(d)
         now = now_ts()
-        dead: list[tuple[Delivery, str]] = []
+        out = Answers()
         for district, items in by_district.items():
-            acks = self._process(district, items, now, dead)
+            out.acks[district] = self._process(district, items, now, out.dead)
+        return out
+
+    def answer(self, conn: Connection, deliveries: list[Delivery], answers: Answers) -> None:
+        """Publish the acks and dead letters, wait for the broker to hold them, then take the deliveries."""
+        for district, acks in answers.acks.items():
             for i in range(0, len(acks), ACKS_PER_MESSAGE):
                 conn.publish(
                     Topology.acks(district),
@@ -83,7 +111,7 @@ class Receiver:
                     kind=Kind.ACKS,
                     message_id=acks[i].msg_id,
                 )
-        for d, reason in dead:
+        for d, reason in answers.dead:
             conn.dead_letter(d, reason)
         conn.flush()
         conn.ack(deliveries[-1].delivery_tag, multiple=True)

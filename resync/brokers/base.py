@@ -77,6 +77,8 @@ class Connection(abc.ABC):
     """
 
     user: str
+    published: int = 0
+    """How many messages have been published on this connection."""
 
     @abc.abstractmethod
     def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
@@ -84,6 +86,11 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     def flush(self, timeout: float = 60.0) -> None: ...
+
+    def confirm(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until the broker has confirmed the first ``count`` messages published on this connection,
+        so a publisher can go on sending while it waits for older messages only."""
+        self.flush(timeout)
 
     @abc.abstractmethod
     def consume(self, queue: str, *, prefetch: int) -> None: ...

@@ -97,6 +97,7 @@ class MemoryConnection(Connection):
             if queue is None:
                 raise ConnectionClosed(f"no queue is bound to routing key {routing_key!r}")
             queue.messages.append(_Message(bytes(body), message_id, self.user, kind, headers=dict(headers or {})))
+            self.published += 1
             self.broker.cond.notify_all()
 
     def flush(self, timeout: float = 60.0) -> None:

@@ -145,7 +145,7 @@ class RabbitConnection(Connection):
         self._body: list[bytes] = []
         self._remaining = 0
         self._confirming = False
-        self._published = 0
+        self.published = 0
         self._confirmed = 0
         self._failures: list[str] = []
         self._buffer: list[Delivery] = []
@@ -206,9 +206,9 @@ class RabbitConnection(Connection):
                                             user_id=self.user)
                 if len(self._out) >= _WRITE_SIZE:
                     self._send()
-            self._published += 1
-            if self._published - self._confirmed > _WINDOW:
-                self._drain_until(self._published - _WINDOW // 2, 60.0)
+            self.published += 1
+            if self.published - self._confirmed > _WINDOW:
+                self._drain_until(self.published - _WINDOW // 2, 60.0)
         except _ERRORS as e:
             raise ConnectionClosed(f"publish failed: {e}") from None
 
@@ -270,8 +270,11 @@ class RabbitConnection(Connection):
         self._delivering = None
 
     def flush(self, timeout: float = 60.0) -> None:
+        self.confirm(self.published, timeout)
+
+    def confirm(self, count: int, timeout: float = 60.0) -> None:
         try:
-            self._drain_until(self._published, timeout)
+            self._drain_until(count, timeout)
         except _ERRORS as e:
             raise ConnectionClosed(f"waiting for confirms failed: {e}") from None
         if self._failures:
