@@ -113,6 +113,10 @@ class Catalog:
         """Objects whose first immediate parent is ``name``: the tree the status table draws."""
         return [o for o in self._order if self.objects[o].immediate[:1] == (name,)]
 
+    def referrers(self, name: str) -> list[str]:
+        """Enabled objects whose records point at a record of ``name`` (its children, in every sense)."""
+        return [o for o in self._order if name in self.objects[o].references]
+
     def depth(self, name: str) -> int:
         obj = self.get(name)
         return 0 if not obj.immediate else 1 + self.depth(obj.immediate[0])

@@ -1,9 +1,11 @@
 """The receiver's apply step: one delivery batch of one district's events, in one transaction, one ack each.
 
-Read top to bottom: answer what was seen before; then, run by run of the same object, look up every
-parent the run needs in one query per parent object, decide each record (excluded, under an
-excluded record, parent missing, or applied), and upsert the applied ones together. An older
-version never overwrites a newer one (``source_ts``), and a duplicate ``msg_id`` is a no-op.
+Read top to bottom: take the district's lock; answer what was seen before; then, run by run of the
+same object, look up every parent the run needs in one query per parent object, decide each record
+(excluded, under an excluded record, parent missing, or applied), and upsert the applied ones
+together. An older version never overwrites a newer one (``source_ts``), and a duplicate ``msg_id``
+is a no-op. The state tables have no foreign-key constraints: these checks are the referential
+integrity, and the lock makes them exact even if two receivers ever overlap on one district.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, and_, delete, select, text
 
 from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
@@ -49,6 +50,7 @@ def _ok(e: Event) -> Ack:
 
 def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Incoming], now: str) -> list[Ack]:
     """Apply ``batch`` (in order) inside the caller's transaction and return one ack per message."""
+    lock_district(conn, district)
     answered = _previous_answers(conn, schema, district, [i.event.msg_id for i in batch])
     acks: dict[int, Ack] = {}  # position in batch -> answer
     fresh: list[tuple[Incoming, Ack]] = []  # answers given for the first time, to remember
@@ -82,7 +84,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
             if e.action is Action.DELETE:
                 _upsert(conn, table, pending, acks, fresh)
                 pending = []
-                ack = _delete(conn, table, district, e)
+                ack = _delete(conn, schema, district, e)
                 known.present[object_name].discard(e.ref_id)
             # 3. the record itself, or a parent of it, is not allowed to sync
             elif obj.excludable and e.data.get("state_exclude") is True:
@@ -220,53 +222,38 @@ def _upsert(
         seen = latest.get(row["ref_id"])
         if seen is None or seen["source_ts"] <= row["source_ts"]:
             latest[row["ref_id"]] = row
-    outcome: list[tuple[int, Incoming, Ack]] = []
-    try:
-        with conn.begin_nested():
-            insert_many(conn, table, list(latest.values()), conflict=newer_wins)
-        outcome = [(pos, item, _ok(item.event)) for pos, item, _ in pending]
-    except IntegrityError:
-        for pos, item, row in pending:  # a parent vanished since it was looked up: find which record fails
-            try:
-                with conn.begin_nested():
-                    insert_many(conn, table, [row], conflict=newer_wins)
-                outcome.append((pos, item, _ok(item.event)))
-            except IntegrityError as e:
-                outcome.append(
-                    (
-                        pos,
-                        item,
-                        _error(
-                            item.event,
-                            Category.EVENT_PROCESSING,
-                            Code.PARENT_MISSING,
-                            f"{item.event.object} {item.event.ref_id}: a parent is missing at the state",
-                            str(e.orig)[:500],
-                        ),
-                    )
-                )
-    for pos, item, ack in outcome:
-        acks[pos] = ack
+    insert_many(conn, table, list(latest.values()), conflict=newer_wins)
+    for pos, item, _ in pending:
+        acks[pos] = ack = _ok(item.event)
         fresh.append((item, ack))
 
 
-def _delete(conn: Connection, table: Any, district: str, e: Event) -> Ack:
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                delete(table).where(
-                    and_(table.c.district_id == district, table.c.ref_id == e.ref_id, table.c.source_ts <= e.ts)
-                )
+def _delete(conn: Connection, schema: StateSchema, district: str, e: Event) -> Ack:
+    for child in schema.catalog.referrers(e.object):
+        ct = schema.tables[child]
+        column = ct.c[ref_column(e.object)]
+        if conn.execute(select(ct.c.ref_id).where(ct.c.district_id == district, column == e.ref_id).limit(1)).first():
+            return _error(
+                e,
+                Category.EVENT_PROCESSING,
+                Code.HAS_CHILDREN,
+                f"{e.object} {e.ref_id} still has child records at the state; delete them first",
+                f"{child} records point at it",
             )
-    except IntegrityError as err:
-        return _error(
-            e,
-            Category.EVENT_PROCESSING,
-            Code.HAS_CHILDREN,
-            f"{e.object} {e.ref_id} still has child records at the state; delete them first",
-            str(err.orig)[:500],
+    table = schema.tables[e.object]
+    conn.execute(
+        delete(table).where(
+            and_(table.c.district_id == district, table.c.ref_id == e.ref_id, table.c.source_ts <= e.ts)
         )
+    )
     return _ok(e)
+
+
+def lock_district(conn: Connection, district: str) -> None:
+    """Serialize writers of one district's records for the rest of the transaction (PostgreSQL; SQLite
+    has a single writer anyway)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"resync district {district}"})
 
 
 def _record(
