@@ -12,6 +12,7 @@ counted, and checks the state. Prints a human summary and, last, one JSON line.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import multiprocessing
 import os
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=100_000, help="about how many records the district has")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
+    ap.add_argument("--max-rate", type=int, help="send with `resync send --max-rate N` and check the cap holds")
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy flame graphs of both daemons into DIR")
     args = ap.parse_args()
 
@@ -151,8 +153,9 @@ def main() -> None:
                                    "-o", f"{args.py_spy}/{role}.txt"], stdout=subprocess.DEVNULL)
                  for role, p in zip(("receiver", "agent"), procs, strict=True)] if args.py_spy else []
         started = time.perf_counter()
-        batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json"], env=env,
-                                             check=True, capture_output=True, text=True).stdout)["batch_id"]
+        cap = ["--max-rate", str(args.max_rate)] if args.max_rate else []
+        batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json", *cap],
+                                             env=env, check=True, capture_output=True, text=True).stdout)["batch_id"]
         store = AgentStore(district)
         while (store.batch(batch_id) or {}).get("status") != "completed":
             if any(p.poll() is not None for p in procs):
@@ -179,6 +182,14 @@ def main() -> None:
             "peak_rss_mb": rss, "cpu_s": cpu, "state_rows": at_state, "acked_ok": ok,
             "state_complete": at_state == ok and sum(o["sent"] for o in objects) == total,
         }
+        if args.max_rate:
+            b = store.batch(batch_id) or {}
+            sending = (dt.datetime.fromisoformat(b["sent_at"]) - dt.datetime.fromisoformat(b["started_at"]))
+            sent_rate = total / sending.total_seconds()
+            result.update(max_rate=args.max_rate, sent_per_s=round(sent_rate, 1),
+                          cap_deviation=round(sent_rate / args.max_rate - 1, 4))
+            print(f"rate cap {args.max_rate:,}/s: the agent sent {sent_rate:,.1f} records/s "
+                  f"({sent_rate / args.max_rate - 1:+.2%})")
         print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
               f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
               f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "

@@ -54,7 +54,7 @@ class Settings:
     objects: tuple[str, ...] | None = None
     school_year: int = field(default_factory=current_school_year)
     max_body: int = 256 * 1024
-    max_in_flight: int = 20_000
+    max_in_flight: int = 4_000
     """Records the agent may have sent that the state has not answered yet (0: no limit). Keeps the
     event queue short, where the broker is cheapest, and stops a batch from flooding a state that is down."""
     sync_years: frozenset[str] = frozenset()
