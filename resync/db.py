@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     literal_column,
     select,
     text,
@@ -100,9 +101,17 @@ def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:
 
 
 def create_all(metadata: MetaData, eng: Engine) -> None:
-    """Create missing tables. Daemons and commands may start together, so on PostgreSQL the creation
-    runs under an advisory lock: two concurrent CREATE TABLEs of one name would make one of them fail."""
+    """Create missing tables, and add missing nullable columns to tables an older version created.
+    Daemons and commands may start together, so on PostgreSQL this runs under an advisory lock: two
+    concurrent CREATE TABLEs of one name would make one of them fail."""
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7227316)"))
         metadata.create_all(conn)
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=eng.dialect)
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
