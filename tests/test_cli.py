@@ -69,8 +69,9 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     (["seed", "--students", "0"], "1<=x"),
     (["--district", "Bad Id!", "status"], "lowercase letters, digits"),
     (["agent", "run"], "RESYNC_BROKER_URL"),
+    (["send", "--all", "--max-rate", "0"], "1<=x"),
 ], ids=["unknown-object", "no-objects", "all-and-names", "unknown-option", "zero-students", "bad-district",
-        "agent-no-broker"])
+        "agent-no-broker", "zero-rate"])
 def test_bad_arguments_print_one_error_line(tmp_path: Path, args: list[str], hint: str) -> None:
     assert hint in error_line(run(tmp_path, *args))
 
@@ -104,6 +105,14 @@ def test_dry_run_with_dependencies_adds_parents_and_queues_nothing(seeded: tuple
     assert [p["object"] for p in plan] == ["District", "School", "Calendar", "ScheduleStructure", "PersonIdentity",
                                            "Enrollment"]
     assert ok_json(home, "history", "--json") == []
+
+
+def test_a_rate_capped_batch_keeps_its_cap_in_history(tmp_path: Path) -> None:
+    ok(tmp_path, "seed", "--students", "20", "--year", YEAR, RESYNC_SCHOOL_YEAR=YEAR)
+    out = ok(tmp_path, "send", "--all", "--max-rate", "750", RESYNC_SCHOOL_YEAR=YEAR)
+    assert "at most 750 records/s" in out
+    [batch] = ok_json(tmp_path, "history", "--json", RESYNC_SCHOOL_YEAR=YEAR)
+    assert batch["max_rate"] == 750 and batch["status"] == "queued"
 
 
 # 3. the demo and what the administrator sees afterwards --------------------------------------------------
