@@ -262,11 +262,7 @@ class RabbitConnection(Connection):
     def _delivered(self) -> None:
         assert self._delivering is not None
         tag, redelivered, routing_key = self._delivering
-        props = self._properties
-        self._buffer.append(Delivery(
-            b"".join(self._body), tag, routing_key, props.get("message_id"), props.get("user_id"),
-            props.get("type"), redelivered, dict(props.get("application_headers") or {}),
-        ))
+        self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties))
         self._delivering = None
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -284,18 +280,10 @@ class RabbitConnection(Connection):
     # consuming ------------------------------------------------------------------------------
 
     def _on_message(self, message: amqp.Message) -> None:
-        props = message.properties
-        body = message.body
-        self._buffer.append(Delivery(
-            body.encode() if isinstance(body, str) else bytes(body),
-            message.delivery_info["delivery_tag"],
-            message.delivery_info.get("routing_key", ""),
-            props.get("message_id"),
-            props.get("user_id"),
-            props.get("type"),
-            bool(message.delivery_info.get("redelivered")),
-            dict(props.get("application_headers") or {}),
-        ))
+        """A delivery py-amqp read itself (while it waited for a reply of its own)."""
+        body, info = message.body, message.delivery_info
+        self._buffer.append(_delivery(body.encode() if isinstance(body, str) else bytes(body), info["delivery_tag"],
+                                      info.get("routing_key", ""), bool(info.get("redelivered")), message.properties))
 
     def consume(self, queue: str, *, prefetch: int) -> None:
         try:
@@ -346,3 +334,8 @@ class RabbitConnection(Connection):
             self._kombu.release()
         except Exception:
             pass
+
+
+def _delivery(body: bytes, tag: int, routing_key: str, redelivered: bool, props: Mapping[str, Any]) -> Delivery:
+    return Delivery(body, tag, routing_key, props.get("message_id"), props.get("user_id"), props.get("type"),
+                    redelivered, dict(props.get("application_headers") or {}))
