@@ -108,9 +108,10 @@ def create_all(metadata: MetaData, eng: Engine) -> None:
         if eng.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7227316)"))
         metadata.create_all(conn)
-        inspector = inspect(conn)
+        # one reflection query for every table, since every command runs this
+        existing = inspect(conn).get_multi_columns(filter_names=list(metadata.tables))
         for table in metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
+            present = {c["name"] for c in existing.get((None, table.name), [])}
             for column in table.columns:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(dialect=eng.dialect)
