@@ -38,8 +38,8 @@ class Agent:
         self.district = settings.district
         self.store = AgentStore(engine)
         self._answers = threading.Condition()
-        self._answered = 0  # records the state answered, counted by the ack thread
-        self._sent = 0  # records published, counted by the publisher thread
+        self._answered = 0  # answers received (replays included), counted by the ack thread
+        self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
 
     def setup(self) -> None:
         self.store.create()
@@ -81,6 +81,9 @@ class Agent:
             self.store.set_batch(batch_id, status="running", started_at=now_ts())
         log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"],
                  year=batch["school_year"])
+        with self._answers:
+            # a fresh start: what an earlier connection sent and lost would otherwise hold the window forever
+            self._sent = self._answered
         pace = self._pacer(batch_id, batch["max_rate"], stop)
         with self.broker.connect() as conn:
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
@@ -154,9 +157,10 @@ class Agent:
                         self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
                                              category=int(e.category), code=e.code)
                 if acks:
-                    answered = self.store.record_acks(acks)
+                    self.store.record_acks(acks)
                     with self._answers:
-                        self._answered += answered
+                        # every answer, replays too: a record resent after a reconnect is answered by a replay
+                        self._answered += len(acks)
                         self._answers.notify_all()
                 if deliveries:
                     conn.flush()
