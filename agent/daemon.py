@@ -11,25 +11,46 @@ sends faster than its ``max_rate`` records per second.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine
 
-from agent.status import SEVERITY, colour, plan_batch
+from agent.status import SEVERITY, colour, plan_batch, year_objects
 from agent.store import STATE, AgentStore
+from agent.verify import VerifyStore, compare_run
 from messages.catalog import Catalog
-from messages.codec import decode_acks, decode_request
-from messages.envelope import MarkerKind, now_ts
+from messages.codec import (
+    decode_acks,
+    decode_manifest_part,
+    decode_request,
+    encode_manifest_request,
+    encode_verify_report,
+)
+from messages.envelope import (
+    Action,
+    Kind,
+    ManifestRequest,
+    MarkerKind,
+    ResyncRequest,
+    VerifyReport,
+    now_ts,
+    stable_id,
+)
 from messages.errors import Code, DecodeError, FatalError
-from publisher.publish import ObjectPublisher
+from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY, Comparison
+from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 from resync.brokers import Broker, Delivery, Topology
 from resync.retry import TRANSIENT, run_forever
 from resync.settings import Settings
 
 log = structlog.get_logger()
+REPORT_REFS = 100
+"""Differing ref_ids per kind and object that a report to the state names (the counts are always whole)."""
 
 
 class Agent:
@@ -37,6 +58,7 @@ class Agent:
         self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
         self.district = settings.district
         self.store = AgentStore(engine)
+        self.verify = VerifyStore(engine)
         self._answers = threading.Condition()
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
@@ -59,6 +81,8 @@ class Agent:
 
     def _publish_batches(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            if self._verify_pending():
+                continue
             batch = self.store.next_batch()
             if batch is None:
                 stop.wait(0.3)
@@ -79,41 +103,144 @@ class Agent:
         resumed = batch["status"] == "running"
         if not resumed:
             self.store.set_batch(batch_id, status="running", started_at=now_ts())
-        log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"],
-                 year=batch["school_year"])
+        year, request, delta = batch["school_year"], batch["request_id"], bool(batch["delta"])
+        log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"], year=year,
+                 delta=delta)
         with self._answers:
             # a fresh start: what an earlier connection sent and lost would otherwise hold the window forever
             self._sent = self._answered
         pace = self._pacer(batch_id, batch["max_rate"], stop)
+
+        def should_stop() -> bool:
+            return stop.is_set() or self.store.is_cancelled(batch_id)
+
         with self.broker.connect() as conn:
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
-            year, request = batch["school_year"], batch["request_id"]
+
+            def interrupted() -> None:
+                if self.store.is_cancelled(batch_id):
+                    pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request, delta=delta)
+                    log.info("batch cancelled", batch=batch_id)
+
             if not resumed:
-                pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request)
+                pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request, delta=delta)
+            run_id = self._plan_delta(batch_id, year, should_stop) if delta else None
+            if delta and run_id is None:
+                return interrupted()
+            if run_id is not None:
+                # deletes first, children before parents, so no delete finds a child still in place
+                for obj in reversed(self.store.batch_objects(batch_id)):
+                    if obj["deleted_at"] is not None:
+                        continue
+                    name = obj["object"]
+                    self.store.set_object(batch_id, name, started_at=obj["started_at"] or now_ts())
+                    refs = self.verify.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
+                    if pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
+                                         action=Action.DELETE, progress=self._progress(batch_id, name),
+                                         should_stop=should_stop, pace=pace) is None:
+                        return interrupted()
+                    self.store.set_object(batch_id, name, deleted_at=now_ts(), last_ref_id="")
             for obj in self.store.batch_objects(batch_id):
                 if obj["sent_at"] is not None:
                     continue
+                name = obj["object"]
                 if obj["started_at"] is None:
-                    self.store.set_object(batch_id, obj["object"], started_at=now_ts())
-
-                def progress(count: int, last_ref: str, name: str = obj["object"]) -> None:
-                    self.store.add_sent(batch_id, name, count, last_ref)
-
-                def should_stop() -> bool:
-                    return stop.is_set() or self.store.is_cancelled(batch_id)
-
-                pub.publish_object(batch_id, obj["object"], batch["school_year"], after=obj["last_ref_id"],
-                                   progress=progress, should_stop=should_stop, pace=pace)
-                if self.store.is_cancelled(batch_id):
-                    pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request)
-                    log.info("batch cancelled", batch=batch_id)
-                    return
-                if stop.is_set():
-                    return
-                self.store.set_object(batch_id, obj["object"], sent_at=now_ts())
-                log.info("object sent", batch=batch_id, object=obj["object"] if not request else None)
-            pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request)
+                    self.store.set_object(batch_id, name, started_at=now_ts())
+                if run_id is None:
+                    sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=obj["sent"],
+                                              progress=self._progress(batch_id, name), should_stop=should_stop,
+                                              pace=pace)
+                else:
+                    changed = self.verify.diff_refs(run_id, name, (DISTRICT_ONLY, MISMATCHED), after=obj["last_ref_id"])
+                    sent = pub.publish_pages(batch_id, name, year, rows_by_ref(self.engine, pub.schema, name, changed),
+                                             progress=self._progress(batch_id, name), should_stop=should_stop,
+                                             pace=pace)
+                    if sent is not None:
+                        pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
+                if sent is None:
+                    return interrupted()
+                self.store.set_object(batch_id, name, sent_at=now_ts())
+                log.info("object sent", batch=batch_id, object=name if not request else None)
+            pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request, delta=delta)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
+
+    def _progress(self, batch_id: str, name: str) -> Callable[[int, str], None]:
+        def progress(count: int, last_ref: str) -> None:
+            self.store.add_sent(batch_id, name, count, last_ref)
+
+        return progress
+
+    # verification ---------------------------------------------------------------------------
+
+    def _plan_delta(self, batch_id: str, year: int, should_stop: Callable[[], bool]) -> str | None:
+        """Compare the batch's objects with the state's manifest (once: a resumed batch keeps its plan) and set
+        each object's expected count to its differences. Returns the run, or None if stopped first."""
+        run = self.verify.for_batch(batch_id)
+        if run is None:
+            names = [o["object"] for o in self.store.batch_objects(batch_id)]
+            self.verify.queue(names, year, requested_by="delta batch", batch_id=batch_id)
+            run = self.verify.for_batch(batch_id)
+            assert run is not None
+        while run["status"] != "completed":
+            if run["status"] == "failed":
+                raise FatalError(f"the delta batch could not be planned: {run['message']}")
+            if run["status"] == "queued":
+                self._request_manifest(run)
+            elif self.verify.received(run["run_id"])[1]:
+                results = self._compare(run)
+                if results is not None:
+                    self.store.set_expected(batch_id, {r.object: r.differences for r in results})
+            elif should_stop():
+                return None
+            else:
+                time.sleep(0.3)
+            run = self.verify.run(run["run_id"]) or run
+        return str(run["run_id"])
+
+    def _verify_pending(self) -> bool:
+        """Move verification runs on: send the manifest requests queued, compare the manifests complete."""
+        did = False
+        for run in self.verify.pending():
+            if run["status"] == "queued":
+                self._request_manifest(run)
+                did = True
+            elif self.verify.received(run["run_id"])[1]:
+                self._compare(run)
+                did = True
+        return did
+
+    def _request_manifest(self, run: dict[str, Any]) -> None:
+        request = ManifestRequest(stable_id(run["run_id"], "manifest"), now_ts(), self.district, run["run_id"],
+                                  run["objects"], run["school_year"])
+        with self.broker.connect() as conn:
+            conn.publish(Topology.events(self.district), encode_manifest_request(request), kind=Kind.MANIFEST_REQUEST,
+                         message_id=request.msg_id)
+            conn.flush()
+        self.verify.set(run["run_id"], status="requested", requested_at=now_ts())
+        log.info("manifest requested", run=run["run_id"], objects=len(run["objects"]))
+
+    def _compare(self, run: dict[str, Any]) -> list[Comparison] | None:
+        run_id = run["run_id"]
+        try:
+            results = compare_run(self.engine, self.catalog, self.verify, run_id)
+        except FatalError as e:
+            self.verify.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
+            log.error("verification failed", run=run_id, error=str(e))
+            return None
+        self.verify.set(run_id, status="completed", completed_at=now_ts(),
+                        result=json.dumps([r.as_dict() for r in results]))
+        log.info("verification completed", run=run_id, differences=sum(r.differences for r in results))
+        if run["initiator"] == STATE and run["request_id"]:
+            details = self.verify.details(run_id)
+            report = VerifyReport(stable_id(run_id, "report"), now_ts(), self.district, run["request_id"],
+                                  run["school_year"],
+                                  [{**r.as_dict(), "details": {k: v[:REPORT_REFS] for k, v in
+                                                               details.get(r.object, {}).items()}} for r in results])
+            with self.broker.connect() as conn:
+                conn.publish(Topology.events(self.district), encode_verify_report(report), kind=Kind.VERIFY_REPORT,
+                             message_id=report.msg_id)
+                conn.flush()
+        return results
 
     def _pacer(self, batch_id: str, max_rate: int | None, stop: threading.Event) -> Callable[[int], None]:
         started, paced = time.monotonic(), 0
@@ -143,7 +270,7 @@ class Agent:
             conn.consume(Topology.control(self.district), prefetch=20)
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
-                acks = []
+                acks, parts = [], []
                 for d in deliveries:
                     if d.queue == Topology.control(self.district):
                         refused = self._control(d)
@@ -151,11 +278,16 @@ class Agent:
                             conn.dead_letter(d, refused)
                         continue
                     try:
-                        acks.extend(decode_acks(d.body).acks)
+                        if d.type == Kind.MANIFEST:
+                            parts.append(decode_manifest_part(d.body))
+                        else:
+                            acks.extend(decode_acks(d.body).acks)
                     except DecodeError as e:
                         conn.dead_letter(d, f"unreadable ack message: {e.desc}")
                         self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
                                              category=int(e.category), code=e.code)
+                if parts:
+                    self.verify.add_parts(parts)
                 if acks:
                     self.store.record_acks(acks)
                     with self._answers:
@@ -179,6 +311,8 @@ class Agent:
             return reason
         try:
             request = decode_request(d.body)
+            if d.type == Kind.VERIFY_REQUEST:
+                return self._verify_request(request)
             if self.store.has_request(request.request_id):
                 return None  # redelivered: the batch is already queued
             year = self.settings.resolve_year(request.year)
@@ -198,6 +332,22 @@ class Agent:
         batch_id = self.store.queue_batch(plan, kind=kind, year=year, check_dependencies=True, initiator=STATE,
                                           requested_by="state", request_id=request.request_id)
         log.info("state resync requested", batch=batch_id)
+        return None
+
+    def _verify_request(self, request: ResyncRequest) -> str | None:
+        """The state asks to compare: queue a verification whose outcome goes back to the state."""
+        if self.verify.has_request(request.request_id):
+            return None
+        year = self.settings.resolve_year(request.year)
+        allowed = year_objects(self.catalog, self.settings, year)
+        names = allowed if request.objects is None else [
+            n for n in self.catalog.plan(request.objects) if n in allowed]
+        if not names:
+            reason = f"state verify request {request.request_id} names no object that syncs for school year {year}"
+            self.store.log_error(reason, category=8)
+            return reason
+        self.verify.queue(names, year, initiator=STATE, requested_by="state", request_id=request.request_id)
+        log.info("state verification requested", objects=len(names), year=year)
         return None
 
     def _notify(self, batch_id: str) -> None:

@@ -42,6 +42,7 @@ batch = Table(
     Column("message", Text),
     Column("request_id", String(32), unique=True),  # the state's request, for a state-initiated batch
     Column("max_rate", Integer),  # records per second the agent may send, or null for as fast as it can
+    Column("delta", Boolean),  # only what differs from the state's manifest (null: an older, whole batch)
 )
 
 batch_object = Table(
@@ -54,6 +55,7 @@ batch_object = Table(
     Column("started_at", String(32)),
     Column("sent_at", String(32)),
     Column("completed_at", String(32)),
+    Column("deleted_at", String(32)),  # a delta batch: when the object's deletes were all sent
     Column("sent", Integer, nullable=False, default=0),
     Column("processed", Integer, nullable=False, default=0),
     Column("errors", Integer, nullable=False, default=0),
@@ -118,20 +120,22 @@ class AgentStore:
         self.engine = engine
 
     def create(self) -> None:
+        import agent.verify  # noqa: F401  (its tables live in this metadata)
+
         create_all(metadata, self.engine)
 
     # batches --------------------------------------------------------------------------------
 
     def queue_batch(self, objects: list[PlannedObject], *, kind: str, year: int, check_dependencies: bool,
                     initiator: str = "district", requested_by: str = "district administrator",
-                    request_id: str | None = None, max_rate: int | None = None) -> str:
+                    request_id: str | None = None, max_rate: int | None = None, delta: bool = False) -> str:
         batch_id = new_id()
         now = now_ts()
         with self.engine.begin() as conn:
             conn.execute(batch.insert().values(
                 batch_id=batch_id, kind=kind, initiator=initiator, requested_by=requested_by, school_year=year,
                 check_dependencies=check_dependencies, status="queued", created_at=now, request_id=request_id,
-                max_rate=max_rate))
+                max_rate=max_rate, delta=delta))
             if objects:
                 conn.execute(batch_object.insert(), [
                     {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year,
@@ -160,6 +164,12 @@ class AgentStore:
         with self.engine.begin() as conn:
             conn.execute(update(batch_object).where(batch_object.c.batch_id == batch_id,
                                                     batch_object.c.object == name).values(**values))
+
+    def set_expected(self, batch_id: str, expected: dict[str, int]) -> None:
+        with self.engine.begin() as conn:
+            for name, n in expected.items():
+                conn.execute(update(batch_object).where(batch_object.c.batch_id == batch_id,
+                                                        batch_object.c.object == name).values(expected=n))
 
     def add_sent(self, batch_id: str, name: str, count: int, last_ref_id: str) -> None:
         with self.engine.begin() as conn:
@@ -270,6 +280,7 @@ class AgentStore:
                 objs = conn.execute(select(batch_object).where(batch_object.c.batch_id == b["batch_id"])
                                     .order_by(batch_object.c.position)).all()
                 b.pop("request_id")
+                b["delta"] = bool(b["delta"])
                 b["objects"] = None if b["initiator"] == STATE else [dict(o._mapping) for o in objs]
                 b["sent"] = sum(o.sent for o in objs)
                 b["processed"] = sum(o.processed for o in objs)

@@ -20,12 +20,16 @@ from messages.envelope import (
     Action,
     ErrorInfo,
     Event,
+    ManifestPart,
+    ManifestRequest,
     Marker,
     MarkerKind,
     ResyncRequest,
+    VerifyReport,
 )
 from messages.errors import Category, Code, DecodeError
 from messages.fields import fields
+from messages.manifest import ENTRY
 
 MAX_BODY = 256 * 1024
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
@@ -211,7 +215,7 @@ def decode_acks(body: bytes, *, max_size: int = 64 * 1024 * 1024) -> AckPack:
 def encode_marker(m: Marker) -> bytes:
     return orjson.dumps({"v": VERSION, "msg_id": m.msg_id, "ts": m.ts, "source": m.source, "batch": m.batch,
                          "kind": m.kind.value, "object": m.object, "year": m.year, "count": m.count,
-                         "request": m.request})
+                         "request": m.request, **({"delta": True} if m.delta else {})})
 
 
 def decode_marker(body: bytes) -> Marker:
@@ -224,7 +228,8 @@ def decode_marker(body: bytes) -> Marker:
     return Marker(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("batch"), kind,
                   f.get("object", str, nullable=True), f.get("year", int, nullable=True),
                   f.get("count", int, nullable=True),
-                  f.refid("request", nullable=True) if f.doc.get("request") is not None else None)
+                  f.refid("request", nullable=True) if f.doc.get("request") is not None else None,
+                  f.get("delta", bool) if "delta" in f.doc else False)
 
 
 def encode_request(r: ResyncRequest) -> bytes:
@@ -240,6 +245,49 @@ def decode_request(body: bytes) -> ResyncRequest:
         f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of object names")
     return ResyncRequest(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request_id"),
                          objects, f.get("year", str), f.get("requested_by", str))
+
+
+def encode_manifest_request(r: ManifestRequest) -> bytes:
+    return orjson.dumps({"v": VERSION, "msg_id": r.msg_id, "ts": r.ts, "source": r.source, "request": r.request,
+                         "objects": r.objects, "year": r.year})
+
+
+def decode_manifest_request(body: bytes) -> ManifestRequest:
+    f = _Fields(_load(body, MAX_BODY))
+    objects = f.get("objects", list)
+    if not all(isinstance(o, str) for o in objects):
+        f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of object names")
+    return ManifestRequest(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request"), objects,
+                           f.get("year", int))
+
+
+def encode_manifest_part(p: ManifestPart) -> bytes:
+    return orjson.dumps({"v": VERSION, "request": p.request, "object": p.object, "part": p.part, "last": p.last,
+                         "entries": p.entries, "error": p.error})
+
+
+def decode_manifest_part(body: bytes) -> ManifestPart:
+    f = _Fields(_load(body, 64 * 1024 * 1024))
+    entries = f.get("entries", str)
+    if len(entries) % ENTRY:
+        f.fail(Category.VALIDATION, Code.BAD_FIELD, f"manifest entries are not a whole number of {ENTRY}-character "
+               "entries")
+    return ManifestPart(f.refid("request"), f.get("object", str), f.get("part", int), f.get("last", bool), entries,
+                        f.get("error", str, nullable=True))
+
+
+def encode_verify_report(r: VerifyReport) -> bytes:
+    return orjson.dumps({"v": VERSION, "msg_id": r.msg_id, "ts": r.ts, "source": r.source,
+                         "request_id": r.request_id, "year": r.year, "objects": r.objects})
+
+
+def decode_verify_report(body: bytes) -> VerifyReport:
+    f = _Fields(_load(body, 16 * 1024 * 1024))
+    objects = f.get("objects", list)
+    if not all(isinstance(o, dict) and isinstance(o.get("object"), str) for o in objects):
+        f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of per-object results")
+    return VerifyReport(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request_id"),
+                        f.get("year", int), objects)
 
 
 def content_digest(e: Event) -> str:

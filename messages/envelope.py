@@ -27,6 +27,14 @@ class Kind(StrEnum):
     MARKER = "marker"
     ACKS = "acks"
     RESYNC_REQUEST = "resync_request"
+    MANIFEST_REQUEST = "manifest_request"
+    """District to state, on the event queue (so it is answered after every record sent before it)."""
+    MANIFEST = "manifest"
+    """State to district, on the ack queue: one part of the state's manifest."""
+    VERIFY_REQUEST = "verify_request"
+    """State to district, on the control queue: compare and report back."""
+    VERIFY_REPORT = "verify_report"
+    """District to state, on the event queue: the outcome of a verification the state asked for."""
 
 
 class MarkerKind(StrEnum):
@@ -115,6 +123,8 @@ class Marker:
     count: int | None = None
     request: str | None = None
     """The state's request id, on the markers of a state-initiated batch."""
+    delta: bool = False
+    """The batch sends only what differs: its objects are not complete, so nothing is swept after it."""
 
 
 @dataclass(slots=True)
@@ -129,3 +139,40 @@ class ResyncRequest:
     year: str
     requested_by: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ManifestRequest:
+    """District to state: list what you hold of these objects for this district (and year)."""
+
+    msg_id: str
+    ts: str
+    source: str
+    request: str
+    objects: list[str]
+    year: int
+
+
+@dataclass(slots=True)
+class ManifestPart:
+    """State to district: one part of one object's manifest. ``entries`` packs, in ``ref_id`` order, each
+    record's ref_id (32 hex digits) and content digest (16); ``last`` closes the object."""
+
+    request: str
+    object: str
+    part: int
+    last: bool
+    entries: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """District to state: the per-object outcome of a verification the state requested."""
+
+    msg_id: str
+    ts: str
+    source: str
+    request_id: str
+    year: int
+    objects: list[dict[str, Any]]

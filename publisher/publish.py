@@ -9,7 +9,8 @@ read and published, so neither the database nor the broker waits for the other.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -47,6 +48,26 @@ def rows(
         last = page[-1].ref_id
 
 
+def rows_by_ref(
+    engine: Engine, schema: DistrictSchema, name: str, refs: Iterable[list[str]]
+) -> Iterator[Sequence[Any]]:
+    """The district's rows of ``name`` for each chunk of ref_ids, in ref_id order (a ref_id whose record was
+    deleted meanwhile yields nothing)."""
+    table = schema.tables[name]
+    for chunk in refs:
+        with engine.connect() as conn:
+            page = conn.execute(select(table).where(table.c.ref_id.in_(chunk)).order_by(table.c.ref_id)).all()
+        if page:
+            yield page
+
+
+@dataclass(frozen=True, slots=True)
+class RefOnly:
+    """A record known by its ref_id alone: what a delete event needs."""
+
+    ref_id: str
+
+
 class ObjectPublisher:
     def __init__(self, conn: Connection, engine: Engine, catalog: Catalog, district: str) -> None:
         self.conn, self.engine, self.catalog, self.district = conn, engine, catalog, district
@@ -61,15 +82,43 @@ class ObjectPublisher:
         year: int,
         *,
         after: str = "",
+        already: int = 0,
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         pace: Pace | None = None,
-    ) -> int:
-        """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker."""
+    ) -> int | None:
+        """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker that
+        counts every record the batch sent of it (``already`` were sent before a restart). Returns how many
+        were published now, or None if ``should_stop`` stopped it (no end marker then)."""
+        pages = rows(self.engine, self.schema, name, year, after=after)
+        sent = self.publish_pages(batch, name, year, pages, progress=progress, should_stop=should_stop, pace=pace)
+        if sent is not None:
+            self.end_object(batch, name, year, already + sent)
+        return sent
+
+    def end_object(self, batch: str, name: str, year: int, count: int, *, delta: bool = False) -> None:
+        obj_year = year if self.catalog.get(name).year_scoped else None
+        self.marker(batch, MarkerKind.OBJECT_END, name, obj_year, count, delta=delta)
+
+    def publish_pages(
+        self,
+        batch: str,
+        name: str,
+        year: int,
+        pages: Iterable[Sequence[Any]],
+        *,
+        action: Action = Action.CHANGE,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        pace: Pace | None = None,
+    ) -> int | None:
+        """Publish one event per row (for a delete, rows need only a ``ref_id``); returns how many, or None
+        if ``should_stop`` stopped it first."""
         obj = self.catalog.get(name)
         refs = [(p, ref_column(p)) for p in obj.references]
         cols = fields(name)
         event_year = year if obj.year_scoped else None
+        deleting = action is Action.DELETE
         sent = 0
         unconfirmed: deque[tuple[int, int, str]] = deque()  # per chunk: published count, records, last ref_id
 
@@ -82,16 +131,16 @@ class ObjectPublisher:
                 if progress:
                     progress(count, last)
 
-        for page in rows(self.engine, self.schema, name, year, after=after):
+        for page in pages:
             if should_stop():
                 settle(0)
-                return sent  # no end marker: the object is not complete
+                return None
             ts = now_ts()
             for i, row in enumerate(page):
                 if pace is not None and i % PACE_EVERY == 0:
                     pace(min(PACE_EVERY, len(page) - i))
                 self.seq += 1
-                m = row._mapping
+                m = None if deleting else row._mapping
                 event = Event(
                     stable_id(batch, name, row.ref_id),
                     ts,
@@ -99,17 +148,16 @@ class ObjectPublisher:
                     batch,
                     self.seq,
                     name,
-                    Action.CHANGE,
+                    action,
                     row.ref_id,
                     event_year,
-                    {p: m[c] for p, c in refs},
-                    {c: to_wire(k, m[c]) for c, k in cols},
+                    {} if m is None else {p: m[c] for p, c in refs},
+                    {} if m is None else {c: to_wire(k, m[c]) for c, k in cols},
                 )
                 self.conn.publish(self.queue, encode_event(event), kind=Kind.EVENT, message_id=event.msg_id)
             unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
             settle(1)
         settle(0)
-        self.marker(batch, MarkerKind.OBJECT_END, name, event_year, sent)
         return sent
 
     def marker(
@@ -120,9 +168,9 @@ class ObjectPublisher:
         year: int | None = None,
         count: int | None = None,
         request: str | None = None,
+        delta: bool = False,
     ) -> None:
-        m = Marker(
-            stable_id(batch, kind.value, name or ""), now_ts(), self.district, batch, kind, name, year, count, request
-        )
+        m = Marker(stable_id(batch, kind.value, name or ""), now_ts(), self.district, batch, kind, name, year, count,
+                   request, delta)
         self.conn.publish(self.queue, encode_marker(m), kind=Kind.MARKER, message_id=m.msg_id)
         self.conn.flush()

@@ -21,6 +21,7 @@ from messages.errors import FatalError, ResyncError
 from resync import logs
 from resync.brokers import Broker, Topology, open_broker
 from resync.brokers.base import DEAD_LETTER_QUEUE
+from resync.cli_verify import verify
 from resync.db import engine
 from resync.render import DOTS, console, emit_json, table, when
 from resync.settings import Settings
@@ -127,10 +128,12 @@ def seed(c: Ctx, students: int, seed_value: int, years: tuple[int, ...], reset: 
 @click.option("--wait", is_flag=True, help="Show progress until every ack is in.")
 @click.option("--max-rate", type=click.IntRange(1, 10_000_000), metavar="N",
               help="Send at most N records per second (spare the SIS during school hours).")
+@click.option("--only-changed", is_flag=True, help="Delta: send only records missing at the state or different "
+              "there, and deletes for records only the state holds (compared as `resync verify` does).")
 @JSON
 @pass_ctx
 def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: str | None,
-         dry_run: bool, wait: bool, max_rate: int | None, as_json: bool) -> None:
+         dry_run: bool, wait: bool, max_rate: int | None, only_changed: bool, as_json: bool) -> None:
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
@@ -139,17 +142,25 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
     if dry_run:
         if as_json:
             return emit_json([{"object": p.name, "records": p.expected} for p in plan])
+        delta = " (delta: records at the district; the batch sends only what differs)" if only_changed else ""
         table(f"Plan: {'full' if send_all else 'partial'} resync, school year {y} (dry run, nothing sent)",
               ["#", "Object", "Records"], [(i + 1, p.name, f"{p.expected:,}") for i, p in enumerate(plan)],
-              caption=f"{sum(p.expected for p in plan):,} records")
+              caption=f"{sum(p.expected for p in plan):,} records{delta}")
         return
     batch_id = store.queue_batch(plan, kind="full" if send_all else "partial", year=y,
-                                 check_dependencies=check_dependencies, max_rate=max_rate)
+                                 check_dependencies=check_dependencies, max_rate=max_rate, delta=only_changed)
     if as_json and not wait:
-        return emit_json({"batch_id": batch_id, "objects": [p.name for p in plan]})
+        return emit_json({"batch_id": batch_id, "objects": [p.name for p in plan], "delta": only_changed})
     rate = f", at most {max_rate:,} records/s" if max_rate else ""
-    console.print(f"queued batch {batch_id}: {len(plan)} objects, {sum(p.expected for p in plan):,} records{rate}")
-    if wait:
+    what = (f"only what differs among {sum(p.expected for p in plan):,} records" if only_changed
+            else f"{sum(p.expected for p in plan):,} records")
+    console.print(f"queued {'delta ' if only_changed else ''}batch {batch_id}: {len(plan)} objects, {what}{rate}")
+    if wait and not c.settings.broker_url:
+        from resync.local import local_site
+
+        with local_site(c.settings, c.catalog) as alive:  # the embedded default: both sides run here
+            watch(store, batch_id, alive)
+    elif wait:
         watch(store, batch_id)
 
 
@@ -231,7 +242,8 @@ def history(c: Ctx, obj: str | None, year: str | None, limit: int, as_json: bool
         return emit_json(rows)
     table("Batch history", ["Batch", "Kind", "Requested by", "Year", "Status", "Started", "Completed", "Objects",
                             "Sent", "Processed", "Errors"],
-          [(r["batch_id"][:12], r["kind"], r["requested_by"], r["school_year"], r["status"], when(r["started_at"]),
+          [(r["batch_id"][:12], r["kind"] + (", delta" if r["delta"] else ""), r["requested_by"], r["school_year"],
+            r["status"], when(r["started_at"]),
             when(r["completed_at"]), "-" if r["objects"] is None else len(r["objects"]), r["sent"], r["processed"],
             r["errors"]) for r in rows])
 
@@ -354,8 +366,6 @@ def demo(c: Ctx, students: int, reset: bool) -> None:
     """Seed a small district, run receiver and agent, do a full resync and print the status table."""
     from resync.demo import run_demo
 
-    if click.get_current_context().find_root().params["log_level"] == "INFO":
-        logs.configure("WARNING")  # the demo shows progress bars; daemon chatter would drown them
     run_demo(c.settings, c.catalog, students=students, reset=reset)
     status.callback(year=None, hide_completed=False, as_json=False)  # type: ignore[misc]
 
@@ -513,6 +523,9 @@ def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_use
     if as_json:
         return emit_json({"file": str(out), "passwords": passwords})
     table(f"Broker users written to {out} (passwords are shown once)", ["User", "Password"], sorted(passwords.items()))
+
+
+cli.add_command(verify)
 
 
 def main() -> None:

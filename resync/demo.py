@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from rich.console import Console
 
-from agent.daemon import Agent
 from agent.status import plan_batch
+from agent.store import AgentStore
 from messages.catalog import Catalog
 from publisher.schema import DistrictSchema
 from publisher.seed import seed
 from resync.brokers import open_broker
 from resync.db import engine
+from resync.local import local_site
 from resync.settings import Settings
-from state_receiver.daemon import Receiver
 
 console = Console(stderr=True)
 
@@ -33,7 +32,7 @@ def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool
                 for suffix in ("", "-wal", "-shm"):
                     Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
     settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
-    district_engine, state_engine = engine(settings.district_db_url), engine(settings.state_db_url)
+    district_engine = engine(settings.district_db_url)
     if DistrictSchema(catalog).count_all(district_engine) == 0:
         with console.status(f"seeding a district of {students} students ..."):
             counts = seed(district_engine, catalog, students=students, years=[settings.school_year])
@@ -41,25 +40,13 @@ def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool
     else:
         console.print("the district database already holds a district; resyncing it (use --reset to start again)")
 
-    stop = threading.Event()
-    receiver = Receiver(settings, broker, state_engine, catalog)
-    agent = Agent(settings, broker, district_engine, catalog)
-    receiver.setup()
-    agent.setup()
-    threads = [threading.Thread(target=receiver.run, args=(stop,), daemon=True),
-               threading.Thread(target=agent.run, args=(stop,), daemon=True)]
-    for t in threads:
-        t.start()
-    plan = plan_batch(catalog, district_engine, settings, [], send_all=True, check_dependencies=False,
-                      year=settings.school_year)
-    batch_id = agent.store.queue_batch(plan, kind="full", year=settings.school_year, check_dependencies=False,
-                                       requested_by="resync demo")
     from resync.cli import watch
 
-    try:
-        watch(agent.store, batch_id, alive=lambda: all(t.is_alive() for t in threads))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
+    with local_site(settings, catalog, broker) as alive:
+        plan = plan_batch(catalog, district_engine, settings, [], send_all=True, check_dependencies=False,
+                          year=settings.school_year)
+        store = AgentStore(district_engine)
+        batch_id = store.queue_batch(plan, kind="full", year=settings.school_year, check_dependencies=False,
+                                     requested_by="resync demo")
+        watch(store, batch_id, alive=alive)
     return batch_id

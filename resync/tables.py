@@ -67,6 +67,7 @@ def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state:
         cols.append(Column("last_msg_id", REFID, nullable=False))
         cols.append(Column("source_ts", String(32), nullable=False))
         cols.append(Column("applied_at", String(32), nullable=False))
+        cols.append(Column("digest", String(16)))  # of the content applied: what verify compares
     return Table(obj.table, metadata, *cols)
 
 

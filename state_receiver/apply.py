@@ -21,6 +21,7 @@ from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
 from messages.errors import Category, Code
 from messages.fields import fields
+from messages.manifest import record_digest
 from resync.db import insert_many, one_of
 from resync.tables import from_wire
 from state_receiver.schema import StateSchema
@@ -196,7 +197,8 @@ def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, An
         row["school_year"] = e.year
     for name, kind in fields(e.object):
         row[name] = from_wire(kind, e.data.get(name))
-    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now)
+    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now,
+               digest=record_digest(obj, e.year, e.parents, e.data))
     return row
 
 

@@ -18,11 +18,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection as DbConnection
+from sqlalchemy import Engine, select
 
 from messages.catalog import Catalog
-from messages.codec import content_digest, decode_event, decode_marker, encode_acks
-from messages.envelope import REFID, Ack, AckPack, ErrorInfo, Kind, Marker, now_ts
+from messages.codec import (
+    content_digest,
+    decode_event,
+    decode_manifest_request,
+    decode_marker,
+    decode_verify_report,
+    encode_acks,
+    encode_manifest_part,
+)
+from messages.envelope import (
+    REFID,
+    Ack,
+    AckPack,
+    ErrorInfo,
+    Kind,
+    ManifestRequest,
+    Marker,
+    MarkerKind,
+    VerifyReport,
+    now_ts,
+    stable_id,
+)
 from messages.errors import Category, Code, DecodeError, RecordError
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import SENDER
@@ -30,8 +51,10 @@ from resync.db import insert
 from resync.retry import as_retriable, run_forever
 from resync.settings import Settings
 from state_receiver.apply import Incoming, apply, log_errors
+from state_receiver.manifest import manifest_parts, store_report
 from state_receiver.requests import on_markers
 from state_receiver.schema import StateSchema
+from state_receiver.sweep import sweep_batch
 
 log = structlog.get_logger()
 ACKS_PER_MESSAGE = 1000
@@ -43,6 +66,8 @@ class Answers:
 
     acks: dict[str, list[Ack]] = field(default_factory=dict)
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    manifests: list[tuple[str, ManifestRequest]] = field(default_factory=list)
+    """Manifests to send, after the acks: the state as it stands once the batch is applied."""
 
 
 class Receiver:
@@ -80,6 +105,13 @@ class Receiver:
             in_hand: tuple[list[Delivery], Future[Answers]] | None = None
             while not stop.is_set():
                 deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.02)
+                if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
+                    # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
+                    if in_hand is not None:
+                        self.answer(conn, in_hand[0], in_hand[1].result())
+                        in_hand = None
+                    self.handle(conn, deliveries)
+                    continue
                 following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
                 if in_hand is not None:
                     self.answer(conn, in_hand[0], in_hand[1].result())
@@ -98,7 +130,7 @@ class Receiver:
         now = now_ts()
         out = Answers()
         for district, items in by_district.items():
-            out.acks[district] = self._process(district, items, now, out.dead)
+            out.acks[district] = self._process(district, items, now, out)
         return out
 
     def answer(self, conn: Connection, deliveries: list[Delivery], answers: Answers) -> None:
@@ -113,15 +145,24 @@ class Receiver:
                 )
         for d, reason in answers.dead:
             conn.dead_letter(d, reason)
+        for district, request in answers.manifests:
+            sent = 0
+            for part in manifest_parts(self.engine, self.schema, district, request):
+                conn.publish(Topology.acks(district), encode_manifest_part(part), kind=Kind.MANIFEST,
+                             message_id=stable_id(request.request, part.object, str(part.part)))
+                sent += len(part.entries) // 48
+            log.info("manifest sent", district=district, request=request.request, objects=len(request.objects),
+                     records=sent)
         conn.flush()
         conn.ack(deliveries[-1].delivery_tag, multiple=True)
         self.applied += len(deliveries)
 
-    def _process(self, district: str, items: list[Delivery], now: str, dead: list[tuple[Delivery, str]]) -> list[Ack]:
+    def _process(self, district: str, items: list[Delivery], now: str, out: Answers) -> list[Ack]:
         """Decode and authorize each delivery, then apply in one transaction. Returns the acks in order."""
         answers: list[Ack | Incoming] = []
         rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]] = []
-        markers: list[Marker] = []
+        markers: list[Marker | VerifyReport] = []
+        dead = out.dead
         for d in items:
             try:
                 decoded = self._decode(district, d)
@@ -138,15 +179,17 @@ class Receiver:
                 else:
                     answers.append(Ack(msg_id, "error", info))
                 continue
-            if isinstance(decoded, Marker):
+            if isinstance(decoded, Marker | VerifyReport):
                 markers.append(decoded)
+            elif isinstance(decoded, ManifestRequest):
+                out.manifests.append((district, decoded))
             else:
                 answers.append(decoded)
         events = [a for a in answers if isinstance(a, Incoming)]
         applied = iter(self._commit(district, events, rejected, markers, now))
         return [next(applied) if isinstance(a, Incoming) else a for a in answers]
 
-    def _decode(self, district: str, d: Delivery) -> Incoming | Marker:
+    def _decode(self, district: str, d: Delivery) -> Incoming | Marker | ManifestRequest | VerifyReport:
         if d.user_id is None:
             raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
         sender = d.user_id
@@ -158,6 +201,10 @@ class Receiver:
             )
         if d.type == Kind.MARKER:
             return decode_marker(d.body)
+        if d.type == Kind.MANIFEST_REQUEST:
+            return decode_manifest_request(d.body)
+        if d.type == Kind.VERIFY_REPORT:
+            return decode_verify_report(d.body)
         if d.type != Kind.EVENT:
             raise RecordError(
                 Category.GENERIC_MESSAGE,
@@ -189,7 +236,7 @@ class Receiver:
         district: str,
         events: list[Incoming],
         rejected: list[tuple[str | None, str | None, str | None, ErrorInfo]],
-        markers: list[Marker],
+        markers: list[Marker | VerifyReport],
         now: str,
     ) -> list[Ack]:
         """One transaction for the batch. If it fails for a reason that retrying will not cure, the events
@@ -201,23 +248,7 @@ class Receiver:
                 if rejected:
                     log_errors(db, self.schema, district, rejected, now)
                 if markers:
-                    on_markers(db, self.schema, district, markers, now)
-                    db.execute(
-                        insert(self.engine)(self.schema.markers).on_conflict_do_nothing(),
-                        [
-                            {
-                                "district_id": district,
-                                "msg_id": m.msg_id,
-                                "batch_id": m.batch,
-                                "kind": m.kind.value,
-                                "object": m.object,
-                                "school_year": m.year,
-                                "count": m.count,
-                                "received_at": now,
-                            }
-                            for m in markers
-                        ],
-                    )
+                    self._markers(db, district, markers, now)
                 return acks
         except Exception as e:
             transient = as_retriable(e)
@@ -243,3 +274,38 @@ class Receiver:
             with self.engine.begin() as db:
                 log_errors(db, self.schema, district, [(e_.msg_id, e_.object, e_.ref_id, info)], now)
             return [Ack(e_.msg_id, "error", info, e_.object, e_.ref_id, e_.batch)]
+
+    def _markers(self, db: DbConnection, district: str, notices: list[Marker | VerifyReport], now: str) -> None:
+        """Record batch markers once each (a redelivered marker changes nothing); follow the state's
+        requests; sweep after a batch that ended; file verification reports."""
+        for report in (n for n in notices if isinstance(n, VerifyReport)):
+            store_report(db, self.schema, district, report, now)
+        markers = [m for m in notices if isinstance(m, Marker)]
+        if not markers:
+            return
+        mk = self.schema.markers
+        seen = {row[0] for row in db.execute(select(mk.c.msg_id).where(
+            mk.c.district_id == district, mk.c.msg_id.in_([m.msg_id for m in markers])))}
+        fresh = list({m.msg_id: m for m in markers if m.msg_id not in seen}.values())
+        if not fresh:
+            return
+        db.execute(
+            insert(self.engine)(mk).on_conflict_do_nothing(),
+            [
+                {
+                    "district_id": district,
+                    "msg_id": m.msg_id,
+                    "batch_id": m.batch,
+                    "kind": m.kind.value,
+                    "object": m.object,
+                    "school_year": m.year,
+                    "count": m.count,
+                    "received_at": now,
+                }
+                for m in fresh
+            ],
+        )
+        for m in fresh:
+            if m.kind is MarkerKind.BATCH_END and not m.delta:
+                sweep_batch(db, self.schema, district, m.batch, now)
+        on_markers(db, self.schema, district, fresh, now)

@@ -36,13 +36,10 @@ def send_request(broker: Broker, engine: Engine, schema: StateSchema, district: 
 
 def on_markers(conn: Connection, schema: StateSchema, district: str, markers: list[Marker], now: str) -> None:
     """Follow the state's own requests as their batches start and end (in the receiver's transaction,
-    after the batch's records, so the totals are complete)."""
+    after the batch's records, so the totals are complete). ``markers`` are new: each is seen once."""
     r = schema.requests
-    mk = schema.markers
-    seen = {row[0] for row in conn.execute(select(mk.c.msg_id).where(
-        mk.c.district_id == district, mk.c.msg_id.in_([m.msg_id for m in markers])))}
     for m in markers:
-        if m.request is None or m.msg_id in seen:
+        if m.request is None:
             continue
         where = (r.c.request_id == m.request) & (r.c.district_id == district)
         if m.kind is MarkerKind.BATCH_START:

@@ -67,6 +67,37 @@ class StateSchema:
             Column("logged_at", String(32), nullable=False),
         )
 
+        # records a finished resync found gone from the district, and those under them, while they are removed
+        self.sweep = Table(
+            "receiver_sweep", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("object", String(64), primary_key=True),
+            Column("ref_id", REFID, primary_key=True),
+        )
+        self.sweep_log = Table(
+            "receiver_sweep_log", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("district_id", String(64), nullable=False),
+            Column("batch_id", REFID, nullable=False),
+            Column("object", String(64), nullable=False),
+            Column("school_year", Integer),
+            Column("removed", Integer, nullable=False),
+            Column("note", Text),
+            Column("swept_at", String(32), nullable=False),
+        )
+        self.verifications = Table(
+            "state_verification", m,
+            Column("request_id", REFID, primary_key=True),
+            Column("district_id", String(64), nullable=False),
+            Column("objects", Text),  # JSON list, or null for all
+            Column("year", String(8), nullable=False),
+            Column("requested_by", String(128), nullable=False),
+            Column("requested_at", String(32), nullable=False),
+            Column("status", String(16), nullable=False),  # requested | completed
+            Column("school_year", Integer),
+            Column("completed_at", String(32)),
+            Column("result", Text),  # JSON: the district's per-object comparison
+        )
         self.requests = Table(
             "state_request", m,
             Column("request_id", REFID, primary_key=True),

@@ -1,0 +1,45 @@
+"""An agent and a receiver in this process on the in-process broker: how the embedded default runs a job
+that needs both sides (the demo, a verification), with nothing installed."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from agent.daemon import Agent
+from messages.catalog import Catalog
+from resync.brokers import Broker, open_broker
+from resync.db import engine
+from resync.settings import Settings
+from state_receiver.daemon import Receiver
+
+
+@contextlib.contextmanager
+def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = None) -> Iterator[Callable[[], bool]]:
+    """Run both daemons until the block ends; yields a check that both are still alive. Their log lines
+    would drown the command's own output: below a warning they are left out unless asked for."""
+    import click
+
+    from resync import logs
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("log_level") == "INFO":
+        logs.configure("WARNING")
+    broker = broker or open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
+    settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
+    stop = threading.Event()
+    receiver = Receiver(settings, broker, engine(settings.state_db_url), catalog)
+    agent = Agent(settings, broker, engine(settings.district_db_url), catalog)
+    receiver.setup()
+    agent.setup()
+    threads = [threading.Thread(target=receiver.run, args=(stop,), daemon=True),
+               threading.Thread(target=agent.run, args=(stop,), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        yield lambda: all(t.is_alive() for t in threads)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)

@@ -1,0 +1,90 @@
+"""The state's side of verification: the manifest it answers a district with, the verification it can ask a
+district for, and the reports the district sends back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+
+from messages.codec import encode_request
+from messages.envelope import (
+    STATE_SOURCE,
+    Kind,
+    ManifestPart,
+    ManifestRequest,
+    ResyncRequest,
+    VerifyReport,
+    new_id,
+    now_ts,
+)
+from messages.manifest import pack
+from resync.brokers import Broker, Topology
+from state_receiver.schema import StateSchema
+
+PART = 5_000
+"""Records per manifest message: 240 KB of entries."""
+
+
+def manifest_parts(
+    engine: Engine, schema: StateSchema, district: str, request: ManifestRequest
+) -> Iterator[ManifestPart]:
+    """Every record the state holds of each requested object for ``district`` (year-scoped objects: of the
+    request's year), in ref_id order, a few thousand per part; read in keyset pages, never all at once."""
+    for name in request.objects:
+        if name not in schema.catalog:
+            known = schema.catalog.knows(name)
+            why = "is not enabled at the state" if known else "is not an object the state knows"
+            yield ManifestPart(request.request, name, 0, True, "", f"{name[:64]} {why}")
+            continue
+        t = schema.tables[name]
+        query = select(t.c.ref_id, t.c.digest).where(t.c.district_id == district).order_by(t.c.ref_id).limit(PART)
+        if schema.catalog.get(name).year_scoped:
+            query = query.where(t.c.school_year == request.year)
+        part, last = 0, ""
+        while True:
+            with engine.connect() as conn:
+                page = conn.execute(query.where(t.c.ref_id > last)).all()
+            done = len(page) < PART
+            yield ManifestPart(request.request, name, part, done, pack((r.ref_id, r.digest) for r in page))
+            if done:
+                break
+            part, last = part + 1, page[-1].ref_id
+
+
+def send_verify_request(broker: Broker, engine: Engine, schema: StateSchema, district: str,
+                        objects: list[str] | None, year: str, requested_by: str) -> str:
+    """Ask a district's agent to compare its records with the state's and report back; the request waits in
+    the district's control queue until the agent runs."""
+    names = None if objects is None else [schema.catalog.get(o).name for o in objects]
+    request = ResyncRequest(new_id(), now_ts(), STATE_SOURCE, new_id(), names, year, requested_by)
+    broker.declare_district(district)
+    with engine.begin() as conn:
+        conn.execute(schema.verifications.insert().values(
+            request_id=request.request_id, district_id=district, objects=json.dumps(names), year=year,
+            requested_by=requested_by, requested_at=request.ts, status="requested"))
+    with broker.connect() as conn:
+        conn.publish(Topology.control(district), encode_request(request), kind=Kind.VERIFY_REQUEST,
+                     message_id=request.msg_id)
+        conn.flush()
+    return request.request_id
+
+
+def store_report(conn: Connection, schema: StateSchema, district: str, report: VerifyReport, now: str) -> None:
+    v = schema.verifications
+    conn.execute(update(v).where(v.c.request_id == report.request_id, v.c.district_id == district).values(
+        status="completed", completed_at=now, school_year=report.year, result=json.dumps(report.objects)))
+
+
+def verification(engine: Engine, schema: StateSchema, request_id: str) -> dict[str, Any] | None:
+    v = schema.verifications
+    with engine.connect() as conn:
+        row = conn.execute(select(v).where(v.c.request_id == request_id)).first()
+    if row is None:
+        return None
+    out = dict(row._mapping)
+    out["objects"] = json.loads(out["objects"]) if out["objects"] else None
+    out["result"] = json.loads(out["result"]) if out["result"] else None
+    return out
