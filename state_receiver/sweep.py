@@ -54,7 +54,8 @@ def sweep_batch(conn: Connection, schema: StateSchema, district: str, batch_id: 
                             inbox.c.object == name, inbox.c.ref_id == t.c.ref_id))
         if catalog.get(name).year_scoped and year is not None:
             gone = gone.where(t.c.school_year == year)
-        if conn.execute(insert(conn.engine)(sw).from_select(["district_id", "object", "ref_id"], gone)).rowcount:
+        conn.execute(insert(conn.engine)(sw).from_select(["district_id", "object", "ref_id"], gone))
+        if _holds(conn, schema, district, name):
             doomed.add(name)
     if doomed:
         for name in catalog.names():  # parents first, so each level sees every doomed record above it
@@ -67,7 +68,8 @@ def sweep_batch(conn: Connection, schema: StateSchema, district: str, batch_id: 
                 or_(*(t.c[ref_column(p)].in_(select(sw.c.ref_id).where(sw.c.district_id == district,
                                                                         sw.c.object == p)) for p in parents)))
             stmt = insert(conn.engine)(sw).from_select(["district_id", "object", "ref_id"], under)
-            if conn.execute(stmt.on_conflict_do_nothing()).rowcount:
+            conn.execute(stmt.on_conflict_do_nothing())
+            if _holds(conn, schema, district, name):
                 doomed.add(name)
     removed: dict[str, int] = {}
     for name in reversed(catalog.names()):  # children before parents
@@ -88,3 +90,10 @@ def sweep_batch(conn: Connection, schema: StateSchema, district: str, batch_id: 
     if removed:
         log.info("removed records the district no longer has", district=district, batch=batch_id, removed=removed)
     return removed
+
+
+def _holds(conn: Connection, schema: StateSchema, district: str, name: str) -> bool:
+    # (an INSERT ... SELECT does not report its row count through every driver)
+    sw = schema.sweep
+    return conn.execute(select(sw.c.ref_id).where(sw.c.district_id == district, sw.c.object == name).limit(1)).first() \
+        is not None
