@@ -11,7 +11,6 @@ sends faster than its ``max_rate`` records per second.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -227,8 +226,7 @@ class Agent:
             self.verify.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
             log.error("verification failed", run=run_id, error=str(e))
             return None
-        self.verify.set(run_id, status="completed", completed_at=now_ts(),
-                        result=json.dumps([r.as_dict() for r in results]))
+        self.verify.finish(run_id, results)
         log.info("verification completed", run=run_id, differences=sum(r.differences for r in results))
         if run["initiator"] == STATE and run["request_id"]:
             details = self.verify.details(run_id)

@@ -125,6 +125,12 @@ class VerifyStore:
         complete = sum(1 for _, n, total in got if total and n == total)
         return complete, complete == len(run["objects"])
 
+    def finish(self, run_id: str, results: list[Comparison]) -> None:
+        """Keep the counts (the differences are kept already); drop the state's manifest, compared now."""
+        self.set(run_id, status="completed", completed_at=now_ts(), result=json.dumps([r.as_dict() for r in results]))
+        with self.engine.begin() as conn:
+            conn.execute(verify_part.delete().where(verify_part.c.run_id == run_id))
+
     def state_manifest(self, run_id: str, name: str) -> tuple[str, str | None]:
         with self.engine.connect() as conn:
             parts = conn.execute(select(verify_part.c.entries, verify_part.c.error).where(
@@ -185,20 +191,23 @@ def refused(engine: Engine, catalog: Catalog, names: list[str], year: int) -> di
     return out
 
 
-def district_manifest(engine: Engine, catalog: Catalog, name: str, year: int,
+def district_manifest(engine: Engine, schema: DistrictSchema, name: str, year: int,
                       refused_refs: set[str]) -> Iterator[tuple[str, str, bool]]:
     """Each district record of ``name``: ref_id, digest of what the agent would send, whether the state
     refuses it; in ref_id order, read in keyset chunks."""
-    obj = catalog.get(name)
-    refs = [(p, ref_column(p)) for p in obj.references]
-    cols = fields(name)
+    obj = schema.catalog.get(name)
+    table = schema.tables[name]
+    position = {c.name: i for i, c in enumerate(table.columns)}
+    parents = [(p, position[ref_column(p)]) for p in obj.references]
+    cols = [(c, position[c], k) for c, k in fields(name)]
+    dated = any(k in ("date", "decimal") for _, _, k in cols)
     event_year = year if obj.year_scoped else None
-    for page in rows(engine, DistrictSchema(catalog), name, year, chunk=10_000):
+    key = position["ref_id"]
+    for page in rows(engine, schema, name, year, chunk=10_000):
         for row in page:
-            m = row._mapping
-            digest = record_digest(obj, event_year, {p: m[c] for p, c in refs},
-                                   {c: to_wire(k, m[c]) for c, k in cols})
-            yield row.ref_id, digest, row.ref_id in refused_refs
+            data = ({c: to_wire(k, row[i]) for c, i, k in cols} if dated else {c: row[i] for c, i, _ in cols})
+            ref = row[key]
+            yield ref, record_digest(obj, event_year, {p: row[i] for p, i in parents}, data), ref in refused_refs
 
 
 def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: str) -> list[Comparison]:
@@ -207,6 +216,7 @@ def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: st
     assert run is not None
     names, year = run["objects"], run["school_year"]
     excluded = refused(engine, catalog, names, year)
+    schema = DistrictSchema(catalog)
     results = []
     with engine.begin() as conn:
         conn.execute(verify_diff.delete().where(verify_diff.c.run_id == run_id))
@@ -226,7 +236,7 @@ def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: st
                     insert_many(conn, verify_diff, pending)
                 pending.clear()
 
-        compare(district_manifest(engine, catalog, name, year, excluded[name]), state, result, sink)
+        compare(district_manifest(engine, schema, name, year, excluded[name]), state, result, sink)
         flush(pending)
         results.append(result)
     return results

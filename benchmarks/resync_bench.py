@@ -7,6 +7,11 @@ records (not timed), measures the raw round trip (N persistent messages of the r
 with pipelined confirms and consumed with acks at the same time, no database), then runs a full resync
 with the agent and the receiver as separate processes, from `resync send --all` until every ack is
 counted, and checks the state. Prints a human summary and, last, one JSON line.
+
+    python benchmarks/resync_bench.py --records 1000000 --delta
+
+``--delta`` then times, on the unchanged district, `resync verify` and a delta resync
+(`resync send --all --only-changed`) against the full resync just measured.
 """
 
 from __future__ import annotations
@@ -112,6 +117,33 @@ def raw_round_trip(url: str, n: int, size: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def delta_run(env: dict[str, str], store: AgentStore, state: Any, schema: StateSchema, full_batch: str,
+              procs: list[subprocess.Popen[bytes]], full_s: float) -> dict[str, Any]:
+    """Verify and a delta resync of the district the full resync just made equal at the state."""
+    mk = schema.markers
+    while True:  # the receiver closes the full batch (and sweeps) just after its last acks
+        with state.connect() as conn:
+            if conn.execute(select(mk.c.msg_id).where(mk.c.batch_id == full_batch, mk.c.kind == "batch_end")).first():
+                break
+        time.sleep(0.1)
+    started = time.perf_counter()
+    verified = json.loads(subprocess.run([sys.executable, "-m", "resync", "verify", "--json"], env=env, check=True,
+                                         capture_output=True, text=True).stdout)
+    verify_s = time.perf_counter() - started
+    started = time.perf_counter()
+    batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--only-changed", "--json"],
+                                         env=env, check=True, capture_output=True, text=True).stdout)["batch_id"]
+    while (store.batch(batch_id) or {}).get("status") != "completed":
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("a daemon died; see its log")
+        time.sleep(0.1)
+    delta_s = time.perf_counter() - started
+    return {"verify_s": round(verify_s, 1),
+            "verify_differences": sum(o["differences"] for o in verified["objects"]),
+            "delta_s": round(delta_s, 1), "delta_sent": sum(o["sent"] for o in store.batch_objects(batch_id)),
+            "delta_speedup": round(full_s / delta_s, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000, help="about how many records the district has")
@@ -119,6 +151,8 @@ def main() -> None:
     ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
     ap.add_argument("--max-rate", type=int, help="send with `resync send --max-rate N` and check the cap holds")
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy flame graphs of both daemons into DIR")
+    ap.add_argument("--delta", action="store_true",
+                    help="then time verify and a delta resync of the unchanged district against the full resync")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -190,6 +224,11 @@ def main() -> None:
                           cap_deviation=round(sent_rate / args.max_rate - 1, 4))
             print(f"rate cap {args.max_rate:,}/s: the agent sent {sent_rate:,.1f} records/s "
                   f"({sent_rate / args.max_rate - 1:+.2%})")
+        if args.delta:
+            result.update(delta_run(env, store, state, schema, batch_id, procs, elapsed))
+            print(f"unchanged district: verify {result['verify_s']}s ({result['verify_differences']} differences); "
+                  f"delta resync {result['delta_s']}s sending {result['delta_sent']} records, "
+                  f"{result['delta_speedup']}x faster than the full resync")
         print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
               f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
               f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "

@@ -33,7 +33,7 @@ def manifest_parts(
 ) -> Iterator[ManifestPart]:
     """Every record the state holds of each requested object for ``district`` (year-scoped objects: of the
     request's year), in ref_id order, a few thousand per part; read in keyset pages, never all at once."""
-    for name in request.objects:
+    for name in dict.fromkeys(request.objects):
         if name not in schema.catalog:
             known = schema.catalog.knows(name)
             why = "is not enabled at the state" if known else "is not an object the state knows"
