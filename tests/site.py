@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, exists, func, select
 
 from agent.store import AgentStore
 from messages import catalog as catalog_mod
@@ -23,6 +24,8 @@ from state_receiver.schema import StateSchema
 CATALOG = catalog_mod.load()
 YEAR = 2027
 HANG_GUARD = 600  # seconds: a resync that takes this long is stuck, not slow
+DISTRICT = DistrictSchema(CATALOG)
+STATE = StateSchema(CATALOG)
 
 
 class Site:
@@ -99,9 +102,8 @@ class Site:
 
 
 def district_rows(eng: Engine) -> dict[str, list[dict[str, Any]]]:
-    schema = DistrictSchema(CATALOG)
     with eng.connect() as conn:
-        return {n: [dict(r._mapping) for r in conn.execute(select(schema.tables[n]))] for n in CATALOG.names()}
+        return {n: [dict(r._mapping) for r in conn.execute(select(DISTRICT.tables[n]))] for n in CATALOG.names()}
 
 
 def rejected_by_state(rows: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
@@ -115,8 +117,57 @@ def rejected_by_state(rows: dict[str, list[dict[str, Any]]]) -> dict[str, set[st
 
 
 def state_refs(eng: Engine) -> dict[str, set[str]]:
-    schema = StateSchema(CATALOG)
     with eng.connect() as conn:
-        return {n: {r[0] for r in conn.execute(select(schema.tables[n].c.ref_id))} for n in CATALOG.names()}
+        return {n: {r[0] for r in conn.execute(select(STATE.tables[n].c.ref_id))} for n in CATALOG.names()}
 
 
+def delete_tree(eng: Engine, name: str, ref: str) -> dict[str, set[str]]:
+    """Delete a district record and every record under it, children first, as the district's keys demand."""
+    doomed: dict[str, set[str]] = {name: {ref}}
+    with eng.begin() as conn:
+        for child in CATALOG.names():
+            t = DISTRICT.tables[child]
+            for p in CATALOG.get(child).references:
+                if doomed.get(p):
+                    found = conn.execute(select(t.c.ref_id).where(t.c[ref_column(p)].in_(doomed[p])))
+                    doomed.setdefault(child, set()).update(r[0] for r in found)
+        for child in reversed(CATALOG.names()):
+            if doomed.get(child):
+                t = DISTRICT.tables[child]
+                conn.execute(t.delete().where(t.c.ref_id.in_(doomed[child])))
+    return doomed
+
+
+def clone(eng: Engine, name: str, row: dict[str, Any]) -> str:
+    ref = uuid.uuid4().hex.upper()
+    with eng.begin() as conn:
+        conn.execute(DISTRICT.tables[name].insert().values({**row, "ref_id": ref}))
+    return ref
+
+
+def orphans(eng: Engine) -> list[str]:
+    """State records whose parent the state does not hold."""
+    out = []
+    with eng.connect() as conn:
+        for name in CATALOG.names():
+            t = STATE.tables[name]
+            for p in CATALOG.get(name).references:
+                pt = STATE.tables[p]
+                n = conn.execute(select(func.count()).select_from(t).where(~exists().where(and_(
+                    pt.c.district_id == t.c.district_id, pt.c.ref_id == t.c[ref_column(p)])))).scalar_one()
+                if n:
+                    out.append(f"{n} {name} without their {p}")
+    return out
+
+
+def expected_state(district: Engine) -> dict[str, set[str]]:
+    """What the state must hold: every district record but those it refuses."""
+    rows = district_rows(district)
+    rejected = rejected_by_state(rows)
+    return {n: {r["ref_id"] for r in rows[n]} - rejected[n] for n in CATALOG.names()}
+
+
+def with_children(rows: dict[str, list[dict[str, Any]]], name: str, child: str, at_state: dict[str, set[str]]) -> str:
+    """A record of ``name`` at the state that has records of ``child`` under it."""
+    column = ref_column(name)
+    return next(r[column] for r in rows[child] if r["ref_id"] in at_state[child] and r[column] in at_state[name])

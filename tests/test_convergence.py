@@ -5,61 +5,29 @@ deleted (and everything under it), and an interrupted or cancelled batch removes
 from __future__ import annotations
 
 import signal
-import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, and_, exists, func, select, update
+from sqlalchemy import func, select, update
 
 from agent.store import AgentStore
-from messages.catalog import ref_column
 from messages.manifest import DIFFERENCES, DISTRICT_ONLY, MISMATCHED, STATE_ONLY
-from publisher.schema import DistrictSchema
-from state_receiver.schema import StateSchema
-from tests.site import CATALOG, YEAR, Site, district_rows, rejected_by_state, state_refs
+from tests.site import (
+    CATALOG,
+    DISTRICT,
+    STATE,
+    YEAR,
+    Site,
+    clone,
+    delete_tree,
+    district_rows,
+    expected_state,
+    orphans,
+    state_refs,
+    with_children,
+)
 
 pytestmark = pytest.mark.slow
-DISTRICT = DistrictSchema(CATALOG)
-STATE = StateSchema(CATALOG)
-
-
-def delete_tree(eng: Engine, name: str, ref: str) -> dict[str, set[str]]:
-    """Delete a district record and every record under it, children first, as the district's keys demand."""
-    doomed: dict[str, set[str]] = {name: {ref}}
-    with eng.begin() as conn:
-        for child in CATALOG.names():
-            t = DISTRICT.tables[child]
-            for p in CATALOG.get(child).references:
-                if doomed.get(p):
-                    found = conn.execute(select(t.c.ref_id).where(t.c[ref_column(p)].in_(doomed[p])))
-                    doomed.setdefault(child, set()).update(r[0] for r in found)
-        for child in reversed(CATALOG.names()):
-            if doomed.get(child):
-                t = DISTRICT.tables[child]
-                conn.execute(t.delete().where(t.c.ref_id.in_(doomed[child])))
-    return doomed
-
-
-def clone(eng: Engine, name: str, row: dict[str, Any]) -> str:
-    ref = uuid.uuid4().hex.upper()
-    with eng.begin() as conn:
-        conn.execute(DISTRICT.tables[name].insert().values({**row, "ref_id": ref}))
-    return ref
-
-
-def orphans(eng: Engine) -> list[str]:
-    """State records whose parent the state does not hold."""
-    out = []
-    with eng.connect() as conn:
-        for name in CATALOG.names():
-            t = STATE.tables[name]
-            for p in CATALOG.get(name).references:
-                pt = STATE.tables[p]
-                n = conn.execute(select(func.count()).select_from(t).where(~exists().where(and_(
-                    pt.c.district_id == t.c.district_id, pt.c.ref_id == t.c[ref_column(p)])))).scalar_one()
-                if n:
-                    out.append(f"{n} {name} without their {p}")
-    return out
 
 
 def finished(site: Site, batch_id: str) -> dict[str, Any]:
@@ -75,18 +43,6 @@ def finished(site: Site, batch_id: str) -> dict[str, Any]:
 
     site.until(f"the receiver to close batch {batch_id}", closed)
     return batch
-
-
-def expected_state(site: Site) -> dict[str, set[str]]:
-    rows = district_rows(site.district)
-    rejected = rejected_by_state(rows)
-    return {n: {r["ref_id"] for r in rows[n]} - rejected[n] for n in CATALOG.names()}
-
-
-def with_children(rows: dict[str, list[dict[str, Any]]], name: str, child: str, at_state: dict[str, set[str]]) -> str:
-    """A record of ``name`` at the state that has records of ``child`` under it."""
-    column = ref_column(name)
-    return next(r[column] for r in rows[child] if r["ref_id"] in at_state[child] and r[column] in at_state[name])
 
 
 def test_verify_reports_exactly_what_differs_and_a_delta_batch_sends_exactly_that(site: Site) -> None:
@@ -118,7 +74,7 @@ def test_verify_reports_exactly_what_differs_and_a_delta_batch_sends_exactly_tha
             changed[name].update(refs)
     # adds
     rows = district_rows(site.district)
-    fine = expected_state(site)
+    fine = expected_state(site.district)
     added = {name: {clone(site.district, name, next(r for r in rows[name] if r["ref_id"] in fine[name]))}
              for name in ("TestScore", "BehaviorType")}
 
@@ -154,7 +110,7 @@ def test_verify_reports_exactly_what_differs_and_a_delta_batch_sends_exactly_tha
 
     after = site.json("verify")
     assert [r["object"] for r in after["objects"] if r["differences"]] == []
-    assert state_refs(site.state) == expected_state(site)
+    assert state_refs(site.state) == expected_state(site.district)
     assert orphans(site.state) == []
 
 
@@ -174,7 +130,7 @@ def test_a_finished_resync_removes_what_the_district_deleted_and_everything_unde
     # a partial resync of the parent alone: its removal takes every record under it along, in every object
     assert finished(site, site.send("PersonIdentity"))["status"] == "completed"
     now = state_refs(site.state)
-    assert now["PersonIdentity"] == expected_state(site)["PersonIdentity"]
+    assert now["PersonIdentity"] == expected_state(site.district)["PersonIdentity"]
     for name, refs in gone.items():
         assert now[name] == before[name] - refs, name
     assert now["Test"] & test["Test"]  # not resynced yet: still there
@@ -185,7 +141,7 @@ def test_a_finished_resync_removes_what_the_district_deleted_and_everything_unde
     assert log["Enrollment"] == len(before["Enrollment"] & gone["Enrollment"]) > 0
 
     assert finished(site, site.send("--all"))["status"] == "completed"
-    assert state_refs(site.state) == expected_state(site)
+    assert state_refs(site.state) == expected_state(site.district)
     assert orphans(site.state) == []
 
 
@@ -235,5 +191,5 @@ def test_a_cancelled_or_interrupted_batch_removes_nothing(site: Site) -> None:
 
     site.start("agent", "run")  # resumes the interrupted batch; once it ends, the sweep runs
     assert finished(site, interrupted)["status"] == "completed"
-    assert state_refs(site.state) == expected_state(site)
+    assert state_refs(site.state) == expected_state(site.district)
     assert orphans(site.state) == []
