@@ -59,6 +59,7 @@ class Agent:
         self.store = AgentStore(engine)
         self.verify = VerifyStore(engine)
         self._answers = threading.Condition()
+        self._parts = threading.Condition()  # notified as manifest parts come in
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
 
@@ -80,7 +81,7 @@ class Agent:
 
     def _publish_batches(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self._verify_pending():
+            if self._verify_pending(stop):
                 continue
             batch = self.store.next_batch()
             if batch is None:
@@ -185,10 +186,12 @@ class Agent:
                 raise FatalError(f"the delta batch could not be planned: {run['message']}")
             if run["status"] == "queued":
                 self._request_manifest(run)
-            elif self.verify.received(run["run_id"])[1]:
-                results = self._compare(run)
+            elif self._answering(run):
+                results = self._compare(run, should_stop)
                 if results is not None:
                     self.store.set_expected(batch_id, {r.object: r.differences for r in results})
+                elif should_stop():
+                    return None
             elif should_stop():
                 return None
             else:
@@ -196,17 +199,22 @@ class Agent:
             run = self.verify.run(run["run_id"]) or run
         return str(run["run_id"])
 
-    def _verify_pending(self) -> bool:
-        """Move verification runs on: send the manifest requests queued, compare the manifests complete."""
+    def _verify_pending(self, stop: threading.Event) -> bool:
+        """Move verification runs on: send the manifest requests queued, compare the manifests coming in."""
         did = False
         for run in self.verify.pending():
             if run["status"] == "queued":
                 self._request_manifest(run)
                 did = True
-            elif self.verify.received(run["run_id"])[1]:
-                self._compare(run)
+            elif self._answering(run):
+                self._compare(run, stop.is_set)
                 did = True
         return did
+
+    def _answering(self, run: dict[str, Any]) -> bool:
+        """The state has reached the request and is sending its manifest: from here the rest follows at once,
+        so the comparison can start, one object behind the state."""
+        return self.verify.has_manifest(run["run_id"], run["objects"][0])
 
     def _request_manifest(self, run: dict[str, Any]) -> None:
         request = ManifestRequest(stable_id(run["run_id"], "manifest"), now_ts(), self.district, run["run_id"],
@@ -218,13 +226,26 @@ class Agent:
         self.verify.set(run["run_id"], status="requested", requested_at=now_ts())
         log.info("manifest requested", run=run["run_id"], objects=len(run["objects"]))
 
-    def _compare(self, run: dict[str, Any]) -> list[Comparison] | None:
+    def _compare(self, run: dict[str, Any], should_stop: Callable[[], bool]) -> list[Comparison] | None:
         run_id = run["run_id"]
+
+        def arrived(name: str) -> bool:
+            with self._parts:
+                while not self.verify.has_manifest(run_id, name):
+                    if should_stop():
+                        return False
+                    self._parts.wait(0.5)
+            return True
+
         try:
-            results = compare_run(self.engine, self.catalog, self.verify, run_id)
-        except FatalError as e:
+            results = compare_run(self.engine, self.catalog, self.verify, run_id, arrived)
+            if results is None:
+                return None
+        except TRANSIENT:
+            raise
+        except Exception as e:  # bad data or a bug: fail this run, keep serving
             self.verify.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
-            log.error("verification failed", run=run_id, error=str(e))
+            log.exception("verification failed", run=run_id)
             return None
         self.verify.finish(run_id, results)
         log.info("verification completed", run=run_id, differences=sum(r.differences for r in results))
@@ -286,6 +307,8 @@ class Agent:
                                              category=int(e.category), code=e.code)
                 if parts:
                     self.verify.add_parts(parts)
+                    with self._parts:
+                        self._parts.notify_all()
                 if acks:
                     self.store.record_acks(acks)
                     with self._answers:

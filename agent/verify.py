@@ -10,8 +10,11 @@ restarts carries on waiting rather than asking again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
 
 from sqlalchemy import Boolean, Column, Engine, Integer, String, Table, Text, case, func, or_, select, update
 
@@ -19,11 +22,9 @@ from agent.store import metadata
 from messages.catalog import Catalog, ref_column
 from messages.envelope import ManifestPart, new_id, now_ts
 from messages.fields import fields
-from messages.manifest import DIFFERENCES, Comparison, compare, record_digest
-from publisher.publish import rows
+from messages.manifest import DIFFERENCES, Comparison, compare, values_digest
 from publisher.schema import DistrictSchema
 from resync.db import insert_many, one_of
-from resync.tables import to_wire
 
 verify_run = Table(
     "verify_run", metadata,
@@ -61,6 +62,7 @@ verify_diff = Table(
 )
 
 PENDING = ("queued", "requested")
+T = TypeVar("T")
 _FLUSH = 5_000
 
 
@@ -131,6 +133,14 @@ class VerifyStore:
         with self.engine.begin() as conn:
             conn.execute(verify_part.delete().where(verify_part.c.run_id == run_id))
 
+    def has_manifest(self, run_id: str, name: str) -> bool:
+        """Whether every part of one object's manifest is in."""
+        with self.engine.connect() as conn:
+            n, total = conn.execute(select(func.count(), func.max(case((verify_part.c.last, verify_part.c.part + 1),
+                                                                       else_=0)))
+                                    .where(verify_part.c.run_id == run_id, verify_part.c.object == name)).one()
+        return bool(total) and n == total
+
     def state_manifest(self, run_id: str, name: str) -> tuple[str, str | None]:
         with self.engine.connect() as conn:
             parts = conn.execute(select(verify_part.c.entries, verify_part.c.error).where(
@@ -194,24 +204,101 @@ def refused(engine: Engine, catalog: Catalog, names: list[str], year: int) -> di
 def district_manifest(engine: Engine, schema: DistrictSchema, name: str, year: int,
                       refused_refs: set[str]) -> Iterator[tuple[str, str, bool]]:
     """Each district record of ``name``: ref_id, digest of what the agent would send, whether the state
-    refuses it; in ref_id order, read in keyset chunks."""
+    refuses it; in ref_id order, streamed from one query."""
     obj = schema.catalog.get(name)
     table = schema.tables[name]
-    position = {c.name: i for i, c in enumerate(table.columns)}
-    parents = [(p, position[ref_column(p)]) for p in obj.references]
-    cols = [(c, position[c], k) for c, k in fields(name)]
-    dated = any(k in ("date", "decimal") for _, _, k in cols)
+    kinds = [k for _, k in fields(name)]
+    query = select(table.c.ref_id, *(table.c[ref_column(p)] for p in obj.references),
+                   *(table.c[c] for c, _ in fields(name))).order_by(table.c.ref_id)
+    if obj.year_scoped:
+        query = query.where(table.c.school_year == year)
     event_year = year if obj.year_scoped else None
-    key = position["ref_id"]
-    for page in rows(engine, schema, name, year, chunk=10_000):
+    first = 1 + len(obj.references)
+    convert = [(i, _WIRE[k]) for i, k in enumerate(kinds, first) if k in _WIRE]
+    for page in read_ahead(_stream(engine, query)):
         for row in page:
-            data = ({c: to_wire(k, row[i]) for c, i, k in cols} if dated else {c: row[i] for c, i, _ in cols})
-            ref = row[key]
-            yield ref, record_digest(obj, event_year, {p: row[i] for p, i in parents}, data), ref in refused_refs
+            values = list(row[first:])
+            for i, wire in convert:
+                if row[i] is not None:
+                    values[i - first] = wire(row[i])
+            ref = row[0]
+            yield ref, values_digest(event_year, list(row[1:first]), values), ref in refused_refs
 
 
-def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: str) -> list[Comparison]:
-    """Compare every object of the run with the state's manifest; keep each difference; return the counts."""
+_WIRE: dict[str, Callable[[Any], Any]] = {
+    # what the publisher sends (result rows through ``to_wire``) from what the driver returns: SQLite
+    # keeps dates as text and booleans as integers; PostgreSQL returns decimals as Decimal
+    "date": lambda v: v if isinstance(v, str) else v.isoformat(),
+    "decimal": lambda v: float(v) if isinstance(v, Decimal) else v,
+    "bool": bool,
+}
+
+
+def _stream(engine: Engine, query: Any, size: int = 10_000) -> Iterator[Sequence[Any]]:
+    """Plain driver tuples in pages, from a server-side cursor on PostgreSQL: a million rows cost a third
+    of what result rows cost, and never sit in memory at once."""
+    compiled = query.compile(dialect=engine.dialect)
+    params: Any = compiled.params
+    if compiled.positional:
+        params = tuple(compiled.params[k] for k in compiled.positiontup or ())
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor(name="resync_manifest") if engine.dialect.name == "postgresql" else raw.cursor()
+        cursor.execute(str(compiled), params)
+        while page := cursor.fetchmany(size):
+            yield page
+        cursor.close()
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """The same pages, the next one read on another thread while this one is used: the database and the
+    digests work side by side. A reader whose consumer went away stops at its next page."""
+    ahead: queue.Queue[tuple[T | None, BaseException | None, bool]] = queue.Queue(maxsize=1)
+    gone = threading.Event()
+
+    def put(item: tuple[T | None, BaseException | None, bool]) -> bool:
+        while not gone.is_set():
+            try:
+                ahead.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for page in pages:
+                if not put((page, None, False)):
+                    return
+        except BaseException as e:
+            put((None, e, True))
+        else:
+            put((None, None, True))
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=reader, name="read-ahead", daemon=True).start()
+    try:
+        while True:
+            page, error, done = ahead.get()
+            if error is not None:
+                raise error
+            if done or page is None:
+                return
+            yield page
+    finally:
+        gone.set()
+
+
+def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: str,
+                arrived: Callable[[str], bool] = lambda _: True) -> list[Comparison] | None:
+    """Compare every object of the run with the state's manifest as it comes in (``arrived`` waits for one
+    object's manifest; False: stop); keep each difference; return the counts, or None if stopped."""
     run = store.run(run_id)
     assert run is not None
     names, year = run["objects"], run["school_year"]
@@ -221,6 +308,8 @@ def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: st
     with engine.begin() as conn:
         conn.execute(verify_diff.delete().where(verify_diff.c.run_id == run_id))
     for name in names:
+        if not arrived(name):
+            return None
         state, error = store.state_manifest(run_id, name)
         result = Comparison(name, error=error)
         pending: list[dict[str, Any]] = []

@@ -30,11 +30,13 @@ DIFFERENCES = (DISTRICT_ONLY, STATE_ONLY, MISMATCHED)
 def record_digest(obj: ObjectDef, year: int | None, parents: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     """The digest of a record's content as it travels (wire values): its year, parents and fields, in the
     catalog's order, so neither key order nor absent keys change it."""
-    canonical = orjson.dumps(
-        [year if obj.year_scoped else None, [parents.get(p) for p in obj.references],
-         [data.get(name) for name, _ in fields(obj.name)]]
-    )
-    return hashlib.blake2b(canonical, digest_size=DIGEST // 2).hexdigest()
+    return values_digest(year if obj.year_scoped else None, [parents.get(p) for p in obj.references],
+                         [data.get(name) for name, _ in fields(obj.name)])
+
+
+def values_digest(year: int | None, parents: list[Any], values: list[Any]) -> str:
+    """``record_digest`` of values already in the catalog's order (``year`` None unless year-scoped)."""
+    return hashlib.blake2b(orjson.dumps([year, parents, values]), digest_size=DIGEST // 2).hexdigest()
 
 
 def pack(entries: Iterable[tuple[str, str | None]]) -> str:

@@ -38,7 +38,7 @@ def verify(c: Any, names: tuple[str, ...], year: str | None, details: bool, targ
     runs = VerifyStore(store.engine)
     run_id = runs.queue(objects, y)
     with _site(c) as alive:
-        run = _wait(lambda: runs.run(run_id), alive, lambda r: _progress(runs, r))
+        run = _wait(lambda: runs.run(run_id), alive, lambda r: _progress(store, runs, r))
     if run["status"] == "failed":
         raise FatalError(f"verification {run_id} failed: {run['message']}")
     results = run["result"]
@@ -75,8 +75,11 @@ def _site(c: Any) -> Iterator[Callable[[], bool]]:
         yield alive
 
 
-def _progress(runs: Any, run: dict[str, Any]) -> str:
+def _progress(store: Any, runs: Any, run: dict[str, Any]) -> str:
     if run["status"] == "queued":
+        busy = store.next_batch()
+        if busy is not None and busy["status"] == "running":
+            return f"waiting for the agent to finish sending batch {busy['batch_id'][:12]}"
         return "waiting for the agent to ask the state (is `resync agent run` running?)"
     complete, done = runs.received(run["run_id"])
     if done:

@@ -70,8 +70,11 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     (["--district", "Bad Id!", "status"], "lowercase letters, digits"),
     (["agent", "run"], "RESYNC_BROKER_URL"),
     (["send", "--all", "--max-rate", "0"], "1<=x"),
+    (["verify", "Enrolment"], "Enrollment"),
+    (["verify", "--district", "district-2", "--year", "2027"], "current, previous or next"),
+    (["verify", "--district", "district-2"], "RESYNC_BROKER_URL"),
 ], ids=["unknown-object", "no-objects", "all-and-names", "unknown-option", "zero-students", "bad-district",
-        "agent-no-broker", "zero-rate"])
+        "agent-no-broker", "zero-rate", "verify-unknown-object", "state-verify-year", "state-verify-no-broker"])
 def test_bad_arguments_print_one_error_line(tmp_path: Path, args: list[str], hint: str) -> None:
     assert hint in error_line(run(tmp_path, *args))
 
@@ -113,6 +116,32 @@ def test_a_rate_capped_batch_keeps_its_cap_in_history(tmp_path: Path) -> None:
     assert "at most 750 records/s" in out
     [batch] = ok_json(tmp_path, "history", "--json", RESYNC_SCHOOL_YEAR=YEAR)
     assert batch["max_rate"] == 750 and batch["status"] == "queued"
+
+
+def test_verify_and_a_delta_resync_on_the_embedded_default(tmp_path: Path) -> None:
+    import sqlite3
+
+    ok(tmp_path, "seed", "--students", "30", "--year", YEAR, RESYNC_SCHOOL_YEAR=YEAR)
+    assert "completed" in ok(tmp_path, "send", "--all", "--wait", RESYNC_SCHOOL_YEAR=YEAR)
+    clean = ok_json(tmp_path, "verify", "--json", RESYNC_SCHOOL_YEAR=YEAR)
+    assert sum(r["differences"] for r in clean["objects"]) == 0
+    assert "no differences: no resync needed" in ok(tmp_path, "verify", RESYNC_SCHOOL_YEAR=YEAR)
+
+    with sqlite3.connect(tmp_path / "district.db") as db:
+        (gone,) = db.execute("SELECT min(ref_id) FROM test_score").fetchone()
+        db.execute("DELETE FROM test_score WHERE ref_id = ?", (gone,))
+    found = ok_json(tmp_path, "verify", "TestScore", "--details", "--json", RESYNC_SCHOOL_YEAR=YEAR)
+    [score] = found["objects"]
+    assert score["state_only"] == 1 and score["details"]["state_only"] == [gone] and score["resync_recommended"]
+    table = ok(tmp_path, "verify", "TestScore", "--details", RESYNC_SCHOOL_YEAR=YEAR)
+    assert gone in table and "--only-changed" in table
+
+    ok(tmp_path, "send", "--all", "--only-changed", "--wait", RESYNC_SCHOOL_YEAR=YEAR)
+    latest = ok_json(tmp_path, "history", "--json", RESYNC_SCHOOL_YEAR=YEAR)[0]
+    assert latest["delta"] is True and latest["sent"] == latest["processed"] == 1 and latest["errors"] == 0
+    assert "full, delta" in ok(tmp_path, "history", RESYNC_SCHOOL_YEAR=YEAR)
+    after = ok_json(tmp_path, "verify", "--json", RESYNC_SCHOOL_YEAR=YEAR)
+    assert sum(r["differences"] for r in after["objects"]) == 0
 
 
 # 3. the demo and what the administrator sees afterwards --------------------------------------------------
