@@ -4,6 +4,9 @@ Two threads, each with its own broker connection: the publisher works through qu
 at a time, object by object in plan order, recording after each confirmed chunk how far it got (so a
 restarted agent carries on from there); the main thread consumes the district's ack queue.
 
+Between batches the publisher thread also moves verifications on (``agent/verifier.py``), and a delta
+batch starts with one; manifest parts come in on the ack thread.
+
 The publisher paces itself: it keeps at most ``max_in_flight`` records sent and not yet answered by
 the state (the ack thread tells it when answers come in), and a batch queued with a rate cap never
 sends faster than its ``max_rate`` records per second.
@@ -14,42 +17,33 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from sqlalchemy import Engine
 
-from agent.status import SEVERITY, colour, plan_batch, year_objects
+from agent.status import SEVERITY, colour, plan_batch
 from agent.store import STATE, AgentStore
-from agent.verify import VerifyStore, compare_run
+from agent.verifier import Verifier
 from messages.catalog import Catalog
 from messages.codec import (
     decode_acks,
     decode_manifest_part,
     decode_request,
-    encode_manifest_request,
-    encode_verify_report,
 )
 from messages.envelope import (
     Action,
     Kind,
-    ManifestRequest,
     MarkerKind,
-    ResyncRequest,
-    VerifyReport,
     now_ts,
-    stable_id,
 )
 from messages.errors import Code, DecodeError, FatalError
-from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY, Comparison
+from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 from resync.brokers import Broker, Delivery, Topology
 from resync.retry import TRANSIENT, run_forever
 from resync.settings import Settings
 
 log = structlog.get_logger()
-REPORT_REFS = 100
-"""Differing ref_ids per kind and object that a report to the state names (the counts are always whole)."""
 
 
 class Agent:
@@ -57,9 +51,8 @@ class Agent:
         self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
         self.district = settings.district
         self.store = AgentStore(engine)
-        self.verify = VerifyStore(engine)
+        self.verifier = Verifier(settings, broker, engine, catalog, self.store)
         self._answers = threading.Condition()
-        self._parts = threading.Condition()  # notified as manifest parts come in
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
 
@@ -81,7 +74,7 @@ class Agent:
 
     def _publish_batches(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self._verify_pending(stop):
+            if self.verifier.step(stop):
                 continue
             batch = self.store.next_batch()
             if batch is None:
@@ -124,22 +117,11 @@ class Agent:
 
             if not resumed:
                 pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request, delta=delta)
-            run_id = self._plan_delta(batch_id, year, should_stop) if delta else None
+            run_id = self.verifier.plan_delta(batch_id, year, should_stop) if delta else None
             if delta and run_id is None:
                 return interrupted()
-            if run_id is not None:
-                # deletes first, children before parents, so no delete finds a child still in place
-                for obj in reversed(self.store.batch_objects(batch_id)):
-                    if obj["deleted_at"] is not None:
-                        continue
-                    name = obj["object"]
-                    self.store.set_object(batch_id, name, started_at=obj["started_at"] or now_ts())
-                    refs = self.verify.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
-                    if pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
-                                         action=Action.DELETE, progress=self._progress(batch_id, name),
-                                         should_stop=should_stop, pace=pace) is None:
-                        return interrupted()
-                    self.store.set_object(batch_id, name, deleted_at=now_ts(), last_ref_id="")
+            if run_id is not None and not self._send_deletes(pub, batch_id, run_id, year, should_stop, pace):
+                return interrupted()
             for obj in self.store.batch_objects(batch_id):
                 if obj["sent_at"] is not None:
                     continue
@@ -151,7 +133,8 @@ class Agent:
                                               progress=self._progress(batch_id, name), should_stop=should_stop,
                                               pace=pace)
                 else:
-                    changed = self.verify.diff_refs(run_id, name, (DISTRICT_ONLY, MISMATCHED), after=obj["last_ref_id"])
+                    changed = self.verifier.runs.diff_refs(run_id, name, (DISTRICT_ONLY, MISMATCHED),
+                                                           after=obj["last_ref_id"])
                     sent = pub.publish_pages(batch_id, name, year, rows_by_ref(self.engine, pub.schema, name, changed),
                                              progress=self._progress(batch_id, name), should_stop=should_stop,
                                              pace=pace)
@@ -164,102 +147,28 @@ class Agent:
             pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request, delta=delta)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
 
+    def _send_deletes(self, pub: ObjectPublisher, batch_id: str, run_id: str, year: int,
+                      should_stop: Callable[[], bool], pace: Callable[[int], None]) -> bool:
+        """A delta batch's deletes, before anything else and children before parents, so that no delete finds
+        a child still in place. Returns False if stopped."""
+        for obj in reversed(self.store.batch_objects(batch_id)):
+            if obj["deleted_at"] is not None:
+                continue
+            name = obj["object"]
+            self.store.set_object(batch_id, name, started_at=obj["started_at"] or now_ts())
+            refs = self.verifier.runs.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
+            if pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
+                                 action=Action.DELETE, progress=self._progress(batch_id, name),
+                                 should_stop=should_stop, pace=pace) is None:
+                return False
+            self.store.set_object(batch_id, name, deleted_at=now_ts(), last_ref_id="")  # the next cursor starts
+        return True
+
     def _progress(self, batch_id: str, name: str) -> Callable[[int, str], None]:
         def progress(count: int, last_ref: str) -> None:
             self.store.add_sent(batch_id, name, count, last_ref)
 
         return progress
-
-    # verification ---------------------------------------------------------------------------
-
-    def _plan_delta(self, batch_id: str, year: int, should_stop: Callable[[], bool]) -> str | None:
-        """Compare the batch's objects with the state's manifest (once: a resumed batch keeps its plan) and set
-        each object's expected count to its differences. Returns the run, or None if stopped first."""
-        run = self.verify.for_batch(batch_id)
-        if run is None:
-            names = [o["object"] for o in self.store.batch_objects(batch_id)]
-            self.verify.queue(names, year, requested_by="delta batch", batch_id=batch_id)
-            run = self.verify.for_batch(batch_id)
-            assert run is not None
-        while run["status"] != "completed":
-            if run["status"] == "failed":
-                raise FatalError(f"the delta batch could not be planned: {run['message']}")
-            if run["status"] == "queued":
-                self._request_manifest(run)
-            elif self._answering(run):
-                results = self._compare(run, should_stop)
-                if results is not None:
-                    self.store.set_expected(batch_id, {r.object: r.differences for r in results})
-                elif should_stop():
-                    return None
-            elif should_stop():
-                return None
-            else:
-                time.sleep(0.3)
-            run = self.verify.run(run["run_id"]) or run
-        return str(run["run_id"])
-
-    def _verify_pending(self, stop: threading.Event) -> bool:
-        """Move verification runs on: send the manifest requests queued, compare the manifests coming in."""
-        did = False
-        for run in self.verify.pending():
-            if run["status"] == "queued":
-                self._request_manifest(run)
-                did = True
-            elif self._answering(run):
-                self._compare(run, stop.is_set)
-                did = True
-        return did
-
-    def _answering(self, run: dict[str, Any]) -> bool:
-        """The state has reached the request and is sending its manifest: from here the rest follows at once,
-        so the comparison can start, one object behind the state."""
-        return self.verify.has_manifest(run["run_id"], run["objects"][0])
-
-    def _request_manifest(self, run: dict[str, Any]) -> None:
-        request = ManifestRequest(stable_id(run["run_id"], "manifest"), now_ts(), self.district, run["run_id"],
-                                  run["objects"], run["school_year"])
-        with self.broker.connect() as conn:
-            conn.publish(Topology.events(self.district), encode_manifest_request(request), kind=Kind.MANIFEST_REQUEST,
-                         message_id=request.msg_id)
-            conn.flush()
-        self.verify.set(run["run_id"], status="requested", requested_at=now_ts())
-        log.info("manifest requested", run=run["run_id"], objects=len(run["objects"]))
-
-    def _compare(self, run: dict[str, Any], should_stop: Callable[[], bool]) -> list[Comparison] | None:
-        run_id = run["run_id"]
-
-        def arrived(name: str) -> bool:
-            with self._parts:
-                while not self.verify.has_manifest(run_id, name):
-                    if should_stop():
-                        return False
-                    self._parts.wait(0.5)
-            return True
-
-        try:
-            results = compare_run(self.engine, self.catalog, self.verify, run_id, arrived)
-            if results is None:
-                return None
-        except TRANSIENT:
-            raise
-        except Exception as e:  # bad data or a bug: fail this run, keep serving
-            self.verify.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
-            log.exception("verification failed", run=run_id)
-            return None
-        self.verify.finish(run_id, results)
-        log.info("verification completed", run=run_id, differences=sum(r.differences for r in results))
-        if run["initiator"] == STATE and run["request_id"]:
-            details = self.verify.details(run_id)
-            report = VerifyReport(stable_id(run_id, "report"), now_ts(), self.district, run["request_id"],
-                                  run["school_year"],
-                                  [{**r.as_dict(), "details": {k: v[:REPORT_REFS] for k, v in
-                                                               details.get(r.object, {}).items()}} for r in results])
-            with self.broker.connect() as conn:
-                conn.publish(Topology.events(self.district), encode_verify_report(report), kind=Kind.VERIFY_REPORT,
-                             message_id=report.msg_id)
-                conn.flush()
-        return results
 
     def _pacer(self, batch_id: str, max_rate: int | None, stop: threading.Event) -> Callable[[int], None]:
         started, paced = time.monotonic(), 0
@@ -306,9 +215,7 @@ class Agent:
                         self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
                                              category=int(e.category), code=e.code)
                 if parts:
-                    self.verify.add_parts(parts)
-                    with self._parts:
-                        self._parts.notify_all()
+                    self.verifier.on_parts(parts)
                 if acks:
                     self.store.record_acks(acks)
                     with self._answers:
@@ -333,7 +240,7 @@ class Agent:
         try:
             request = decode_request(d.body)
             if d.type == Kind.VERIFY_REQUEST:
-                return self._verify_request(request)
+                return self.verifier.on_request(request)
             if self.store.has_request(request.request_id):
                 return None  # redelivered: the batch is already queued
             year = self.settings.resolve_year(request.year)
@@ -353,22 +260,6 @@ class Agent:
         batch_id = self.store.queue_batch(plan, kind=kind, year=year, check_dependencies=True, initiator=STATE,
                                           requested_by="state", request_id=request.request_id)
         log.info("state resync requested", batch=batch_id)
-        return None
-
-    def _verify_request(self, request: ResyncRequest) -> str | None:
-        """The state asks to compare: queue a verification whose outcome goes back to the state."""
-        if self.verify.has_request(request.request_id):
-            return None
-        year = self.settings.resolve_year(request.year)
-        allowed = year_objects(self.catalog, self.settings, year)
-        names = allowed if request.objects is None else [
-            n for n in self.catalog.plan(request.objects) if n in allowed]
-        if not names:
-            reason = f"state verify request {request.request_id} names no object that syncs for school year {year}"
-            self.store.log_error(reason, category=8)
-            return reason
-        self.verify.queue(names, year, initiator=STATE, requested_by="state", request_id=request.request_id)
-        log.info("state verification requested", objects=len(names), year=year)
         return None
 
     def _notify(self, batch_id: str) -> None:
