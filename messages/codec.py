@@ -32,6 +32,7 @@ from messages.fields import fields
 from messages.manifest import ENTRY
 
 MAX_BODY = 256 * 1024
+MAX_OBJECTS = 500
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 
@@ -255,8 +256,8 @@ def encode_manifest_request(r: ManifestRequest) -> bytes:
 def decode_manifest_request(body: bytes) -> ManifestRequest:
     f = _Fields(_load(body, MAX_BODY))
     objects = f.get("objects", list)
-    if not all(isinstance(o, str) for o in objects):
-        f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of object names")
+    if not all(isinstance(o, str) for o in objects) or len(objects) > MAX_OBJECTS:
+        f.fail(Category.VALIDATION, Code.BAD_FIELD, f"'objects' must be a list of at most {MAX_OBJECTS} object names")
     return ManifestRequest(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request"), objects,
                            f.get("year", int))
 

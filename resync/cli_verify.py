@@ -108,9 +108,11 @@ def _wait(fetch: Callable[[], dict[str, Any] | None], alive: Callable[[], bool],
 
 def _state_side(c: Any, target: str, names: tuple[str, ...], year: str | None, details: bool,
                 as_json: bool) -> None:
+    from messages.envelope import Kind
     from resync.brokers.base import check_district
     from resync.cli import _needs_broker
-    from state_receiver.manifest import send_verify_request, verification
+    from state_receiver.manifest import verification
+    from state_receiver.requests import send_request
     from state_receiver.schema import StateSchema
 
     label = year or "current"
@@ -118,8 +120,8 @@ def _state_side(c: Any, target: str, names: tuple[str, ...], year: str | None, d
         raise ConfigError(f"--year {label!r} is not valid with --district: use current, previous or next")
     broker = _needs_broker(c, "verify --district")
     eng, schema = c.state_engine(), StateSchema(c.catalog)
-    request_id = send_verify_request(broker, eng, schema, check_district(target), list(names) or None, label,
-                                     "state administrator")
+    request_id = send_request(broker, eng, schema, check_district(target), list(names) or None, label,
+                              "state administrator", kind=Kind.VERIFY_REQUEST)
 
     def describe(_: dict[str, Any]) -> str:
         return f"waiting for {target}'s agent to compare and report (request {request_id[:12]})"

@@ -9,19 +9,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
-from messages.codec import encode_request
 from messages.envelope import (
-    STATE_SOURCE,
-    Kind,
     ManifestPart,
     ManifestRequest,
-    ResyncRequest,
     VerifyReport,
-    new_id,
-    now_ts,
 )
 from messages.manifest import pack
-from resync.brokers import Broker, Topology
 from state_receiver.schema import StateSchema
 
 PART = 5_000
@@ -52,24 +45,6 @@ def manifest_parts(
             if done:
                 break
             part, last = part + 1, page[-1].ref_id
-
-
-def send_verify_request(broker: Broker, engine: Engine, schema: StateSchema, district: str,
-                        objects: list[str] | None, year: str, requested_by: str) -> str:
-    """Ask a district's agent to compare its records with the state's and report back; the request waits in
-    the district's control queue until the agent runs."""
-    names = None if objects is None else [schema.catalog.get(o).name for o in objects]
-    request = ResyncRequest(new_id(), now_ts(), STATE_SOURCE, new_id(), names, year, requested_by)
-    broker.declare_district(district)
-    with engine.begin() as conn:
-        conn.execute(schema.verifications.insert().values(
-            request_id=request.request_id, district_id=district, objects=json.dumps(names), year=year,
-            requested_by=requested_by, requested_at=request.ts, status="requested"))
-    with broker.connect() as conn:
-        conn.publish(Topology.control(district), encode_request(request), kind=Kind.VERIFY_REQUEST,
-                     message_id=request.msg_id)
-        conn.flush()
-    return request.request_id
 
 
 def store_report(conn: Connection, schema: StateSchema, district: str, report: VerifyReport, now: str) -> None:

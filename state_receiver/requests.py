@@ -18,18 +18,19 @@ from state_receiver.schema import StateSchema
 
 
 def send_request(broker: Broker, engine: Engine, schema: StateSchema, district: str, objects: list[str] | None,
-                 year: str, requested_by: str) -> str:
-    """Record the request and put it on the district's control queue, where it waits durably."""
+                 year: str, requested_by: str, *, kind: Kind = Kind.RESYNC_REQUEST) -> str:
+    """Record the request (a resync, or a verification with ``Kind.VERIFY_REQUEST``) and put it on the
+    district's control queue, where it waits durably until the district's agent runs."""
     names = None if objects is None else [schema.catalog.get(o).name for o in objects]
     request = ResyncRequest(new_id(), now_ts(), STATE_SOURCE, new_id(), names, year, requested_by)
     broker.declare_district(district)
+    table = schema.verifications if kind is Kind.VERIFY_REQUEST else schema.requests
     with engine.begin() as conn:
-        conn.execute(schema.requests.insert().values(
+        conn.execute(table.insert().values(
             request_id=request.request_id, district_id=district, objects=json.dumps(names), year=year,
             requested_by=requested_by, requested_at=request.ts, status="requested"))
     with broker.connect() as conn:
-        conn.publish(Topology.control(district), encode_request(request), kind=Kind.RESYNC_REQUEST,
-                     message_id=request.msg_id)
+        conn.publish(Topology.control(district), encode_request(request), kind=kind, message_id=request.msg_id)
         conn.flush()
     return request.request_id
 

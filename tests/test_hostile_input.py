@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from messages import catalog as catalog_mod
-from messages.codec import decode_acks
+from messages.codec import decode_acks, decode_manifest_part
 from messages.errors import Code
 from resync.db import engine
 from state_receiver.schema import StateSchema
@@ -40,6 +40,11 @@ def event(obj: str = "District", *, source: str = D1, **over: Any) -> dict[str, 
     return doc
 
 
+def manifest_request(**over: Any) -> dict[str, Any]:
+    return {"v": 1, "msg_id": os.urandom(16).hex().upper(), "ts": "2026-11-29T08:00:00.000Z", "source": D1,
+            "request": os.urandom(16).hex().upper(), "objects": ["District"], "year": 2027, **over}
+
+
 class Wire:
     """Raw publishing (any body, any properties) and reading of the acks and the dead-letter queue."""
 
@@ -48,6 +53,7 @@ class Wire:
         self.conn = pika.BlockingConnection(pika.URLParameters(url))
         self.ch = self.conn.channel()
         self.acks: dict[str, Any] = {}
+        self.manifests: dict[str, list[Any]] = {}
 
     def send(self, body: bytes, *, district: str = D1, user_id: str | None = "guest", kind: str = "event",
              message_id: str | None = None) -> None:
@@ -56,16 +62,32 @@ class Wire:
         self.ch.basic_publish("resync", f"sync.{district}", body, props)
 
     def ack_for(self, msg_id: str, district: str = D1) -> Any:
+        self._read(lambda: msg_id in self.acks, district)
+        assert msg_id in self.acks, f"no ack for {msg_id}"
+        return self.acks[msg_id]
+
+    def manifest_for(self, request: str, objects: int) -> dict[str, Any]:
+        """The parts of one manifest, once every object's last part is in, by object."""
+        def done() -> bool:
+            return sum(p.last for p in self.manifests.get(request, [])) >= objects
+
+        self._read(done)
+        assert done(), f"no complete manifest for {request}"
+        return {p.object: p for p in self.manifests.pop(request)}
+
+    def _read(self, done: Callable[[], bool], district: str = D1) -> None:
         deadline = time.monotonic() + 60  # hang guard
-        while msg_id not in self.acks and time.monotonic() < deadline:
-            method, _, body = self.ch.basic_get(f"acks.{district}", auto_ack=True)
+        while not done() and time.monotonic() < deadline:
+            method, props, body = self.ch.basic_get(f"acks.{district}", auto_ack=True)
             if method is None:
                 time.sleep(0.05)
                 continue
+            if props.type == "manifest":
+                part = decode_manifest_part(body)
+                self.manifests.setdefault(part.request, []).append(part)
+                continue
             for a in decode_acks(body).acks:
                 self.acks[a.msg_id] = a
-        assert msg_id in self.acks, f"no ack for {msg_id}"
-        return self.acks[msg_id]
 
     def depth(self, queue: str) -> int:
         return int(self.ch.queue_declare(queue, passive=True).method.message_count)
@@ -137,6 +159,11 @@ CASES: list[tuple[str, Callable[[], tuple[bytes, dict[str, Any]]], tuple[int, st
      (1, Code.BAD_YEAR)),
     ("deeply nested JSON", lambda: (_nested(5_000), {}), (12, Code.NOT_JSON)),
     ("invalid UTF-8", lambda: (b'{"v": 1, "name": "\xff\xfe"}', {}), (12, Code.BAD_ENCODING)),
+    ("manifest request without a list of objects",
+     lambda: (orjson.dumps(manifest_request(objects="all")), {"kind": "manifest_request"}), (1, Code.BAD_FIELD)),
+    ("verify report of the wrong shape",
+     lambda: (orjson.dumps({**manifest_request(), "request_id": ref(9), "objects": [1, 2]}),
+              {"kind": "verify_report"}), (1, Code.BAD_FIELD)),
 ]
 
 
@@ -216,3 +243,20 @@ def test_dead_letters_are_listed_with_their_reason_and_can_be_requeued(
     still_consuming()  # the receiver took it again and, still unreadable, dead-lettered it again
     again = [d for d in dead_letters("--limit", "1000") if d["message_id"] == "not-an-id"]
     assert len(again) == 1 and again[0]["reason"] == garbage["reason"] and again[0]["sender"] == "guest"
+
+
+def test_a_manifest_request_is_answered_per_object_and_names_what_the_state_does_not_know(
+        env: tuple[Wire, Any, Callable[[], None]]) -> None:
+    wire, _, still_consuming = env
+    request = manifest_request(objects=["NoSuchThing", "District", "District", "ReportingEntity"])
+    wire.send(orjson.dumps(request), kind="manifest_request", message_id=request["msg_id"])
+    parts = wire.manifest_for(request["request"], 3)
+    still_consuming()
+    assert set(parts) == {"NoSuchThing", "District", "ReportingEntity"}  # each object once
+    assert "not an object the state knows" in (parts["NoSuchThing"].error or "")
+    assert "not enabled at the state" in (parts["ReportingEntity"].error or "")
+    district = parts["District"]
+    assert district.error is None and district.last and district.part == 0
+    refs = [district.entries[i:i + 32] for i in range(0, len(district.entries), 48)]
+    assert ref(1) in refs and ref(2) not in refs  # this district's records only
+    assert refs == sorted(refs)
