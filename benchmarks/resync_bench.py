@@ -226,9 +226,12 @@ def main() -> None:
                   f"({sent_rate / args.max_rate - 1:+.2%})")
         if args.delta:
             result.update(delta_run(env, store, state, schema, batch_id, procs, elapsed))
+            result["peak_rss_after_delta_mb"] = {role: round(peak_rss_mb(p.pid), 1)
+                                                 for role, p in zip(("receiver", "agent"), procs, strict=True)}
             print(f"unchanged district: verify {result['verify_s']}s ({result['verify_differences']} differences); "
                   f"delta resync {result['delta_s']}s sending {result['delta_sent']} records, "
-                  f"{result['delta_speedup']}x faster than the full resync")
+                  f"{result['delta_speedup']}x faster than the full resync; peak RSS since start "
+                  f"{result['peak_rss_after_delta_mb']}")
         print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
               f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
               f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "
