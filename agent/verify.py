@@ -141,11 +141,20 @@ class VerifyStore:
                                     .where(verify_part.c.run_id == run_id, verify_part.c.object == name)).one()
         return bool(total) and n == total
 
-    def state_manifest(self, run_id: str, name: str) -> tuple[str, str | None]:
+    def state_manifest(self, run_id: str, name: str) -> tuple[Iterator[str], str | None]:
+        """One object's manifest from the state, a part at a time, and the error the state gave instead."""
+        p = verify_part
+        where = (p.c.run_id == run_id, p.c.object == name)
         with self.engine.connect() as conn:
-            parts = conn.execute(select(verify_part.c.entries, verify_part.c.error).where(
-                verify_part.c.run_id == run_id, verify_part.c.object == name).order_by(verify_part.c.part)).all()
-        return "".join(p.entries for p in parts), next((p.error for p in parts if p.error), None)
+            count = conn.execute(select(func.count()).select_from(p).where(*where)).scalar_one()
+            error = conn.execute(select(p.c.error).where(*where, p.c.error.is_not(None)).limit(1)).scalar()
+
+        def parts() -> Iterator[str]:
+            for part in range(count):
+                with self.engine.connect() as conn:
+                    yield conn.execute(select(p.c.entries).where(*where, p.c.part == part)).scalar_one()
+
+        return parts(), error
 
     def diff_refs(self, run_id: str, name: str, kinds: tuple[str, ...], *, after: str = "",
                   chunk: int = 2_000) -> Iterator[list[str]]:

@@ -2,7 +2,7 @@
 
 A manifest lists, for one object, every record's ``ref_id`` and digest in ``ref_id`` order. The state
 keeps each record's digest as it applies it; the district computes it from its own rows. Comparing
-the two sorted lists in one merge needs no memory beyond the state's packed string.
+the two sorted lists in one merge holds one part of the state's manifest at a time.
 """
 
 from __future__ import annotations
@@ -82,45 +82,46 @@ Sink = Callable[[str, str], None]
 """Told each difference: its kind and the record's ref_id."""
 
 
-def compare(district: Iterable[tuple[str, str, bool]], state: str, result: Comparison, sink: Sink) -> None:
-    """Merge the district's records (ref_id, digest, refused by the state) with the state's packed manifest,
-    both in ref_id order; count into ``result`` and tell ``sink`` each difference."""
-    n = len(state) // ENTRY
-    result.state += n
-    j, last_state, last_district = 0, "", ""
-
-    def state_ref(k: int) -> str:
-        nonlocal last_state
-        ref = state[k * ENTRY : k * ENTRY + REF]
-        if ref <= last_state:
-            raise OrderError(f"{result.object}: the state's manifest is not in ref_id order at {ref}")
-        last_state = ref
-        return ref
-
-    current = state_ref(0) if n else None
-    for ref, digest, refused in district:
+def compare(district: Iterable[tuple[str, str, bool]], state: Iterable[str], result: Comparison, sink: Sink) -> None:
+    """Merge the district's records (ref_id, digest, refused by the state) with the state's manifest (packed
+    parts, in order), both in ref_id order; count into ``result`` and tell ``sink`` each difference. Holds one
+    part of the state's manifest at a time."""
+    theirs = iter(_entries(state, result.object))
+    current, digest = next(theirs, (None, ""))
+    last_district = ""
+    for ref, mine, refused in district:
         if ref <= last_district:
             raise OrderError(f"{result.object}: the district's records are not in ref_id order at {ref}")
         last_district = ref
         result.district += 1
         while current is not None and current < ref:
+            result.state += 1
             result.state_only += 1
             sink(STATE_ONLY, current)
-            j += 1
-            current = state_ref(j) if j < n else None
+            current, digest = next(theirs, (None, ""))
         if current == ref:
-            if state[j * ENTRY + REF : (j + 1) * ENTRY] != digest:
+            result.state += 1
+            if digest != mine:
                 result.mismatched += 1
                 sink(MISMATCHED, ref)
-            j += 1
-            current = state_ref(j) if j < n else None
+            current, digest = next(theirs, (None, ""))
         elif refused:
             result.excluded += 1
         else:
             result.district_only += 1
             sink(DISTRICT_ONLY, ref)
     while current is not None:
+        result.state += 1
         result.state_only += 1
         sink(STATE_ONLY, current)
-        j += 1
-        current = state_ref(j) if j < n else None
+        current, digest = next(theirs, (None, ""))
+
+
+def _entries(parts: Iterable[str], name: str) -> Iterator[tuple[str | None, str]]:
+    last = ""
+    for packed in parts:
+        for ref, digest in unpack(packed):
+            if ref <= last:
+                raise OrderError(f"{name}: the state's manifest is not in ref_id order at {ref}")
+            last = ref
+            yield ref, digest

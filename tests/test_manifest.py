@@ -40,7 +40,7 @@ def run(district: list[tuple[str, str, bool]],
         state: list[tuple[str, str | None]]) -> tuple[Comparison, dict[str, set[str]]]:
     found: dict[str, set[str]] = {DISTRICT_ONLY: set(), STATE_ONLY: set(), MISMATCHED: set()}
     result = Comparison("X")
-    compare(district, pack(state), result, lambda kind, ref: found[kind].add(ref))
+    compare(district, [pack(state[:3]), pack(state[3:])], result, lambda kind, ref: found[kind].add(ref))
     return result, found
 
 
