@@ -243,7 +243,7 @@ _WIRE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _stream(engine: Engine, query: Any, size: int = 10_000) -> Iterator[Sequence[Any]]:
+def _stream(engine: Engine, query: Any, size: int = 2_000) -> Iterator[Sequence[Any]]:
     """Plain driver tuples in pages, from a server-side cursor on PostgreSQL: a million rows cost a third
     of what result rows cost, and never sit in memory at once."""
     compiled = query.compile(dialect=engine.dialect)
