@@ -120,26 +120,18 @@ class Agent:
             run_id = self.verifier.plan_delta(batch_id, year, should_stop) if delta else None
             if delta and run_id is None:
                 return interrupted()
-            if run_id is not None and not self._send_deletes(pub, batch_id, run_id, year, should_stop, pace):
+            if run_id is not None and not (self._send_changes(pub, batch_id, run_id, year, should_stop, pace)
+                                           and self._send_deletes(pub, batch_id, run_id, year, should_stop, pace)):
                 return interrupted()
-            for obj in self.store.batch_objects(batch_id):
+            for obj in self.store.batch_objects(batch_id) if run_id is None else ():
                 if obj["sent_at"] is not None:
                     continue
                 name = obj["object"]
                 if obj["started_at"] is None:
                     self.store.set_object(batch_id, name, started_at=now_ts())
-                if run_id is None:
-                    sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=obj["sent"],
-                                              progress=self._progress(batch_id, name), should_stop=should_stop,
-                                              pace=pace)
-                else:
-                    changed = self.verifier.runs.diff_refs(run_id, name, (DISTRICT_ONLY, MISMATCHED),
-                                                           after=obj["last_ref_id"])
-                    sent = pub.publish_pages(batch_id, name, year, rows_by_ref(self.engine, pub.schema, name, changed),
-                                             progress=self._progress(batch_id, name), should_stop=should_stop,
-                                             pace=pace)
-                    if sent is not None:
-                        pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
+                sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=obj["sent"],
+                                          progress=self._progress(batch_id, name), should_stop=should_stop,
+                                          pace=pace)
                 if sent is None:
                     return interrupted()
                 self.store.set_object(batch_id, name, sent_at=now_ts())
@@ -147,21 +139,37 @@ class Agent:
             pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request, delta=delta)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
 
-    def _send_deletes(self, pub: ObjectPublisher, batch_id: str, run_id: str, year: int,
+    def _send_changes(self, pub: ObjectPublisher, batch_id: str, run_id: str, year: int,
                       should_stop: Callable[[], bool], pace: Callable[[int], None]) -> bool:
-        """A delta batch's deletes, before anything else and children before parents, so that no delete finds
-        a child still in place. Returns False if stopped."""
-        for obj in reversed(self.store.batch_objects(batch_id)):
-            if obj["deleted_at"] is not None:
+        """A delta batch's records missing at the state or different there, parents first. False: stopped."""
+        for obj in self.store.batch_objects(batch_id):
+            if obj["changes_sent_at"] is not None:
                 continue
             name = obj["object"]
             self.store.set_object(batch_id, name, started_at=obj["started_at"] or now_ts())
-            refs = self.verifier.runs.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
-            if pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
-                                 action=Action.DELETE, progress=self._progress(batch_id, name),
-                                 should_stop=should_stop, pace=pace) is None:
+            changed = self.verifier.runs.diff_refs(run_id, name, (DISTRICT_ONLY, MISMATCHED), after=obj["last_ref_id"])
+            if pub.publish_pages(batch_id, name, year, rows_by_ref(self.engine, pub.schema, name, changed),
+                                 progress=self._progress(batch_id, name), should_stop=should_stop, pace=pace) is None:
                 return False
-            self.store.set_object(batch_id, name, deleted_at=now_ts(), last_ref_id="")  # the next cursor starts
+            self.store.set_object(batch_id, name, changes_sent_at=now_ts(), last_ref_id="")  # deletes start afresh
+        return True
+
+    def _send_deletes(self, pub: ObjectPublisher, batch_id: str, run_id: str, year: int,
+                      should_stop: Callable[[], bool], pace: Callable[[int], None]) -> bool:
+        """Then its deletes, children before parents: a child moved to another parent has its new version at
+        the state by now, and no delete finds a child still in place. False: stopped."""
+        for obj in reversed(self.store.batch_objects(batch_id)):
+            if obj["sent_at"] is not None:
+                continue
+            name = obj["object"]
+            refs = self.verifier.runs.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
+            sent = pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
+                                     action=Action.DELETE, progress=self._progress(batch_id, name),
+                                     should_stop=should_stop, pace=pace)
+            if sent is None:
+                return False
+            pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
+            self.store.set_object(batch_id, name, sent_at=now_ts())
         return True
 
     def _progress(self, batch_id: str, name: str) -> Callable[[int, str], None]:

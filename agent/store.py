@@ -55,7 +55,7 @@ batch_object = Table(
     Column("started_at", String(32)),
     Column("sent_at", String(32)),
     Column("completed_at", String(32)),
-    Column("deleted_at", String(32)),  # a delta batch: when the object's deletes were all sent
+    Column("changes_sent_at", String(32)),  # a delta batch: its missing and different records all sent
     Column("sent", Integer, nullable=False, default=0),
     Column("processed", Integer, nullable=False, default=0),
     Column("errors", Integer, nullable=False, default=0),

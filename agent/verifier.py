@@ -74,12 +74,18 @@ class Verifier:
         """Move verification runs on: send the manifest requests queued, compare the manifests coming in."""
         did = False
         for run in self.runs.pending():
-            if run["status"] == "queued":
-                self._request_manifest(run)
-                did = True
-            elif self._answering(run):
-                self._compare(run, stop.is_set)
-                did = True
+            try:
+                if run["status"] == "queued":
+                    self._request_manifest(run)
+                    did = True
+                elif self._answering(run):
+                    self._compare(run, stop.is_set)
+                    did = True
+            except TRANSIENT:
+                raise
+            except Exception as e:  # a bug or bad data: fail this run, keep publishing
+                log.exception("verification failed", run=run["run_id"])
+                self.runs.set(run["run_id"], status="failed", completed_at=now_ts(), message=str(e)[:1000])
         return did
 
     def _answering(self, run: dict[str, Any]) -> bool:
@@ -115,22 +121,29 @@ class Verifier:
         except TRANSIENT:
             raise
         except Exception as e:  # bad data or a bug: fail this run, keep serving
-            self.runs.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
             log.exception("verification failed", run=run_id)
+            if run["initiator"] == STATE and run["request_id"]:
+                self._report(run["request_id"], run["school_year"], [], f"the district could not compare: {e}")
+            self.runs.set(run_id, status="failed", completed_at=now_ts(), message=str(e)[:1000])
             return None
+        if run["initiator"] == STATE and run["request_id"]:  # first: a crash before ``finish`` compares again
+            details = self.runs.details(run_id)
+            self._report(run["request_id"], run["school_year"],
+                         [{**r.as_dict(), "details": {k: v[:REPORT_REFS] for k, v in
+                                                      details.get(r.object, {}).items()}} for r in results])
         self.runs.finish(run_id, results)
         log.info("verification completed", run=run_id, differences=sum(r.differences for r in results))
-        if run["initiator"] == STATE and run["request_id"]:
-            details = self.runs.details(run_id)
-            report = VerifyReport(stable_id(run_id, "report"), now_ts(), self.district, run["request_id"],
-                                  run["school_year"],
-                                  [{**r.as_dict(), "details": {k: v[:REPORT_REFS] for k, v in
-                                                               details.get(r.object, {}).items()}} for r in results])
-            with self.broker.connect() as conn:
-                conn.publish(Topology.events(self.district), encode_verify_report(report), kind=Kind.VERIFY_REPORT,
-                             message_id=report.msg_id)
-                conn.flush()
         return results
+
+    def _report(self, request_id: str, year: int, objects: list[dict[str, Any]], error: str | None = None) -> None:
+        """Send the state the outcome of the verification it asked for (the same id each time: a report sent
+        twice is filed once)."""
+        report = VerifyReport(stable_id(request_id, "report"), now_ts(), self.district, request_id, year, objects,
+                              error)
+        with self.broker.connect() as conn:
+            conn.publish(Topology.events(self.district), encode_verify_report(report), kind=Kind.VERIFY_REPORT,
+                         message_id=report.msg_id)
+            conn.flush()
 
     def on_request(self, request: ResyncRequest) -> str | None:
         """The state asks to compare: queue a verification whose outcome goes back to the state."""
@@ -143,7 +156,8 @@ class Verifier:
         if not names:
             reason = f"state verify request {request.request_id} names no object that syncs for school year {year}"
             self.store.log_error(reason, category=8)
-            return reason
+            self._report(request.request_id, year, [], reason)
+            return None
         self.runs.queue(names, year, initiator=STATE, requested_by="state", request_id=request.request_id)
         log.info("state verification requested", objects=len(names), year=year)
         return None

@@ -21,6 +21,7 @@ from sqlalchemy import Boolean, Column, Engine, Integer, String, Table, Text, ca
 from agent.store import metadata
 from messages.catalog import Catalog, ref_column
 from messages.envelope import ManifestPart, new_id, now_ts
+from messages.errors import ConfigError
 from messages.fields import fields
 from messages.manifest import DIFFERENCES, Comparison, compare, values_digest
 from publisher.schema import DistrictSchema
@@ -73,6 +74,8 @@ class VerifyStore:
     def queue(self, objects: list[str], year: int, *, initiator: str = "district",
               requested_by: str = "district administrator", request_id: str | None = None,
               batch_id: str | None = None) -> str:
+        if not objects:
+            raise ConfigError(f"nothing to verify: no object is resynced for school year {year}")
         run_id = new_id()
         with self.engine.begin() as conn:
             conn.execute(verify_run.insert().values(
@@ -192,7 +195,7 @@ def _decoded(row: Any) -> dict[str, Any] | None:
 
 def refused(engine: Engine, catalog: Catalog, names: list[str], year: int) -> dict[str, set[str]]:
     """Per object, the district's records the state will not hold: state-excluded ones and every record under
-    one, the state's own rule (parents first, over every parent the objects need)."""
+    one, the state's own rule (parents first, over every parent the objects need, in every year)."""
     schema = DistrictSchema(catalog)
     out: dict[str, set[str]] = {}
     with engine.connect() as conn:
@@ -203,10 +206,8 @@ def refused(engine: Engine, catalog: Catalog, names: list[str], year: int) -> di
             if not conds:
                 out[name] = set()
                 continue
-            query = select(t.c.ref_id).where(or_(*conds))
-            if obj.year_scoped:
-                query = query.where(t.c.school_year == year)
-            out[name] = {r[0] for r in conn.execute(query)}
+            # every year: a record not tied to a year may sit under an excluded record of another year
+            out[name] = {r[0] for r in conn.execute(select(t.c.ref_id).where(or_(*conds)))}
     return out
 
 

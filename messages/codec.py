@@ -279,7 +279,7 @@ def decode_manifest_part(body: bytes) -> ManifestPart:
 
 def encode_verify_report(r: VerifyReport) -> bytes:
     return orjson.dumps({"v": VERSION, "msg_id": r.msg_id, "ts": r.ts, "source": r.source,
-                         "request_id": r.request_id, "year": r.year, "objects": r.objects})
+                         "request_id": r.request_id, "year": r.year, "objects": r.objects, "error": r.error})
 
 
 def decode_verify_report(body: bytes) -> VerifyReport:
@@ -287,8 +287,9 @@ def decode_verify_report(body: bytes) -> VerifyReport:
     objects = f.get("objects", list)
     if not all(isinstance(o, dict) and isinstance(o.get("object"), str) for o in objects):
         f.fail(Category.VALIDATION, Code.BAD_FIELD, "'objects' must be a list of per-object results")
+    error = f.get("error", str, nullable=True) if "error" in f.doc else None
     return VerifyReport(f.refid("msg_id"), f.get("ts", str), f.get("source", str), f.refid("request_id"),
-                        f.get("year", int), objects)
+                        f.get("year", int), objects, error)
 
 
 def content_digest(e: Event) -> str:

@@ -176,3 +176,5 @@ class VerifyReport:
     request_id: str
     year: int
     objects: list[dict[str, Any]]
+    error: str | None = None
+    """Why the district could not verify, instead of the outcome."""

@@ -127,6 +127,8 @@ def _state_side(c: Any, target: str, names: tuple[str, ...], year: str | None, d
         return f"waiting for {target}'s agent to compare and report (request {request_id[:12]})"
 
     found = _wait(lambda: verification(eng, schema, request_id), lambda: True, describe)
+    if found["status"] == "failed":
+        raise FatalError(f"{target} could not verify (request {request_id}): {found['message']}")
     results = found["result"]
     if not details:
         for r in results:

@@ -50,7 +50,8 @@ def manifest_parts(
 def store_report(conn: Connection, schema: StateSchema, district: str, report: VerifyReport, now: str) -> None:
     v = schema.verifications
     conn.execute(update(v).where(v.c.request_id == report.request_id, v.c.district_id == district).values(
-        status="completed", completed_at=now, school_year=report.year, result=json.dumps(report.objects)))
+        status="failed" if report.error else "completed", completed_at=now, school_year=report.year,
+        result=json.dumps(report.objects), message=report.error))
 
 
 def verification(engine: Engine, schema: StateSchema, request_id: str) -> dict[str, Any] | None:

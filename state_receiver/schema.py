@@ -74,6 +74,16 @@ class StateSchema:
             Column("object", String(64), primary_key=True),
             Column("ref_id", REFID, primary_key=True),
         )
+        # records gone from the district that still had children at the state when their batch ended: they
+        # go once those children have (a later batch of the child's object or year removes or moves them)
+        self.deferred = Table(
+            "receiver_deferred", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("object", String(64), primary_key=True),
+            Column("ref_id", REFID, primary_key=True),
+            Column("held_by", String(64), nullable=False),
+            Column("deferred_at", String(32), nullable=False),
+        )
         self.sweep_log = Table(
             "receiver_sweep_log", m,
             Column("id", Integer, primary_key=True, autoincrement=True),
@@ -93,10 +103,11 @@ class StateSchema:
             Column("year", String(8), nullable=False),
             Column("requested_by", String(128), nullable=False),
             Column("requested_at", String(32), nullable=False),
-            Column("status", String(16), nullable=False),  # requested | completed
+            Column("status", String(16), nullable=False),  # requested | completed | failed
             Column("school_year", Integer),
             Column("completed_at", String(32)),
             Column("result", Text),  # JSON: the district's per-object comparison
+            Column("message", Text),  # why the district could not verify
         )
         self.requests = Table(
             "state_request", m,

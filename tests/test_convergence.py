@@ -114,7 +114,7 @@ def test_verify_reports_exactly_what_differs_and_a_delta_batch_sends_exactly_tha
     assert orphans(site.state) == []
 
 
-def test_a_finished_resync_removes_what_the_district_deleted_and_everything_under_it(site: Site) -> None:
+def test_a_finished_resync_removes_what_the_district_deleted_once_nothing_points_at_it(site: Site) -> None:
     site.cli("seed", "--students", "300", "--year", str(YEAR))
     site.start("receiver", "run")
     site.start("agent", "run")
@@ -125,23 +125,39 @@ def test_a_finished_resync_removes_what_the_district_deleted_and_everything_unde
     gone = delete_tree(site.district, "PersonIdentity", person)
     test = delete_tree(site.district, "Test", next(r["ref_id"] for r in rows["Test"] if r["ref_id"] in before["Test"]
                                                   and r["person_identity_ref_id"] != person))
-    assert len(gone) > 2
+    assert len(gone) > 2 and test["TestScore"]
 
-    # a partial resync of the parent alone: its removal takes every record under it along, in every object
-    assert finished(site, site.send("PersonIdentity"))["status"] == "completed"
+    def removed() -> dict[str, int]:
+        with site.state.connect() as conn:
+            return {r.object: r.removed for r in conn.execute(select(STATE.sweep_log).order_by(STATE.sweep_log.c.id))}
+
+    deleted_tests = (test["Test"] | gone.get("Test", set())) & before["Test"]
+    deleted_scores = (test["TestScore"] | gone.get("TestScore", set())) & before["TestScore"]
+    with_scores = {r["test_ref_id"] for r in rows["TestScore"] if r["ref_id"] in before["TestScore"]}
+    held = deleted_tests & with_scores
+    assert test["Test"] <= held
+
+    # a parent resynced alone waits while its children are at the state: kept, and nothing is orphaned; a
+    # deleted parent with no child at the state goes at once
+    assert finished(site, site.send("Test"))["status"] == "completed"
     now = state_refs(site.state)
-    assert now["PersonIdentity"] == expected_state(site.district)["PersonIdentity"]
-    for name, refs in gone.items():
-        assert now[name] == before[name] - refs, name
-    assert now["Test"] & test["Test"]  # not resynced yet: still there
+    assert now["Test"] == before["Test"] - (deleted_tests - held)
+    assert now["TestScore"] == before["TestScore"]
+    assert removed()["Test"] == len(deleted_tests - held)
     assert orphans(site.state) == []
-    with site.state.connect() as conn:
-        log = {r.object: r.removed for r in conn.execute(select(STATE.sweep_log))}
-    assert log["PersonIdentity"] == 1
-    assert log["Enrollment"] == len(before["Enrollment"] & gone["Enrollment"]) > 0
+    # once its children's object is resynced, they go, and the parent with them
+    assert finished(site, site.send("TestScore"))["status"] == "completed"
+    now = state_refs(site.state)
+    assert now["Test"] == before["Test"] - deleted_tests
+    assert now["TestScore"] == before["TestScore"] - deleted_scores
+    assert (removed()["Test"], removed()["TestScore"]) == (len(held), len(deleted_scores))
+    assert orphans(site.state) == []
 
+    # a whole resync removes a deleted record and everything under it, children first, in one batch
     assert finished(site, site.send("--all"))["status"] == "completed"
     assert state_refs(site.state) == expected_state(site.district)
+    assert removed()["PersonIdentity"] == 1
+    assert removed()["Enrollment"] == len(before["Enrollment"] & gone["Enrollment"]) > 0
     assert orphans(site.state) == []
 
 

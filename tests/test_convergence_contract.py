@@ -126,9 +126,44 @@ def test_verify_delta_and_sweep_converge_on_each_database(world: World) -> None:
     assert all(r["differences"] == 0 for r in world.verify().values())
     assert state_refs(world.state) == expected_state(world.district)
 
-    # a parent resynced alone takes every record under it along when it goes
-    gone = delete_tree(world.district, "PersonIdentity", with_children(rows, "PersonIdentity", "Enrollment", before))
-    assert len(gone) > 2
+    # a parent resynced alone waits while records under it remain at the state: one of them the district
+    # moved under another parent, the others it deleted with it
+    person = with_children(rows, "PersonIdentity", "Enrollment", before)
+    moved = next(r for r in rows["Enrollment"]
+                 if r["person_identity_ref_id"] == person and r["ref_id"] in fine["Enrollment"])
+    other = next(p for p in sorted(fine["PersonIdentity"]) if p != person)
+    change(world.district, "Enrollment", {moved["ref_id"]}, "person_identity_ref_id", other)
+    gone = delete_tree(world.district, "PersonIdentity", person)
+    assert moved["ref_id"] not in gone.get("Enrollment", set())
     world.resync("PersonIdentity")
+    now = state_refs(world.state)
+    assert person in now["PersonIdentity"] and moved["ref_id"] in now["Enrollment"]
+    assert orphans(world.state) == []
+    world.resync("Enrollment")  # the moved one now points elsewhere; the deleted ones go
+    now = state_refs(world.state)
+    assert moved["ref_id"] in now["Enrollment"] and not now["Enrollment"] & gone.get("Enrollment", set())
+    assert orphans(world.state) == []
+    world.resync()  # and the rest under the person, then the person itself
+    assert state_refs(world.state) == expected_state(world.district)
+    assert orphans(world.state) == []
+
+
+def test_a_delta_moves_a_child_before_it_deletes_its_old_parent(world: World) -> None:
+    world.resync()
+    rows = district_rows(world.district)
+    fine = expected_state(world.district)
+    person = with_children(rows, "PersonIdentity", "Enrollment", fine)
+    other = next(p for p in sorted(fine["PersonIdentity"]) if p != person)
+    with world.district.begin() as conn:  # every record under the person moves to another one
+        for name in CATALOG.referrers("PersonIdentity"):
+            t = DISTRICT.tables[name]
+            conn.execute(update(t).where(t.c.person_identity_ref_id == person).values(person_identity_ref_id=other))
+        people = DISTRICT.tables["PersonIdentity"]
+        conn.execute(people.delete().where(people.c.ref_id == person))
+    found = world.verify()
+    assert found["PersonIdentity"][STATE_ONLY] == {person} and found["Enrollment"][MISMATCHED]
+    delta = world.resync(delta=True)
+    assert sum(o["errors"] for o in world.store.batch_objects(delta)) == 0
+    assert all(r["differences"] == 0 for r in world.verify().values())
     assert state_refs(world.state) == expected_state(world.district)
     assert orphans(world.state) == []
