@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from agent.daemon import Agent
 from messages.catalog import Catalog
-from resync.brokers import Broker, open_broker
+from resync.brokers import Broker, Topology, open_broker
 from resync.db import engine
 from resync.settings import Settings
 from state_receiver.daemon import Receiver
+
+DRAIN_LIMIT = 60.0
+"""Seconds to wait, at the end, for what is still queued to be handled."""
 
 
 @contextlib.contextmanager
@@ -37,8 +41,18 @@ def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = Non
                threading.Thread(target=agent.run, args=(stop,), daemon=True)]
     for t in threads:
         t.start()
+    def alive() -> bool:
+        return all(t.is_alive() for t in threads)
+
     try:
-        yield lambda: all(t.is_alive() for t in threads)
+        yield alive
+        # the in-process broker ends with this process: let the receiver take what is still queued (a
+        # batch's end marker comes after its last acks, and the sweep runs on it), and the agent its acks
+        queues = [q for d in settings.receiver_districts for q in (Topology.events(d), Topology.acks(d))]
+        deadline = time.monotonic() + DRAIN_LIMIT
+        while alive() and time.monotonic() < deadline and any(
+                s.ready or s.unacknowledged for s in broker.queue_stats(queues)):
+            time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:

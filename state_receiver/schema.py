@@ -67,7 +67,7 @@ class StateSchema:
             Column("logged_at", String(32), nullable=False),
         )
 
-        # records a finished resync found gone from the district, and those under them, while they are removed
+        # records a finished resync found gone from the district, while they are removed
         self.sweep = Table(
             "receiver_sweep", m,
             Column("district_id", String(64), primary_key=True),

@@ -143,6 +143,14 @@ def test_verify_and_a_delta_resync_on_the_embedded_default(tmp_path: Path) -> No
     after = ok_json(tmp_path, "verify", "--json", RESYNC_SCHOOL_YEAR=YEAR)
     assert sum(r["differences"] for r in after["objects"]) == 0
 
+    # a whole resync sweeps what the district deleted before the command ends, though its broker ends with it
+    with sqlite3.connect(tmp_path / "district.db") as db:
+        (gone,) = db.execute("SELECT min(ref_id) FROM test_score").fetchone()
+        db.execute("DELETE FROM test_score WHERE ref_id = ?", (gone,))
+    ok(tmp_path, "send", "TestScore", "--wait", RESYNC_SCHOOL_YEAR=YEAR)
+    swept = ok_json(tmp_path, "verify", "TestScore", "--json", RESYNC_SCHOOL_YEAR=YEAR)["objects"]
+    assert swept[0]["state_only"] == 0 and swept[0]["differences"] == 0
+
 
 # 3. the demo and what the administrator sees afterwards --------------------------------------------------
 
