@@ -25,7 +25,7 @@ from messages.errors import ConfigError
 from messages.fields import fields
 from messages.manifest import DIFFERENCES, Comparison, compare, values_digest
 from publisher.schema import DistrictSchema
-from resync.db import insert_many, one_of
+from resync.db import insert_many, keyset_pages, one_of
 
 verify_run = Table(
     "verify_run", metadata,
@@ -163,16 +163,9 @@ class VerifyStore:
                   chunk: int = 2_000) -> Iterator[list[str]]:
         """The differing ref_ids of one object, in ref_id order, a chunk at a time."""
         d = verify_diff
-        query = (select(d.c.ref_id).where(d.c.run_id == run_id, d.c.object == name, d.c.kind.in_(kinds))
-                 .order_by(d.c.ref_id).limit(chunk))
-        last = after
-        while True:
-            with self.engine.connect() as conn:
-                page = [r[0] for r in conn.execute(query.where(d.c.ref_id > last))]
-            if not page:
-                return
-            yield page
-            last = page[-1]
+        query = select(d.c.ref_id).where(d.c.run_id == run_id, d.c.object == name, d.c.kind.in_(kinds))
+        for page in keyset_pages(self.engine, query, d.c.ref_id, chunk, after=after):
+            yield [r.ref_id for r in page]
 
     def details(self, run_id: str) -> dict[str, dict[str, list[str]]]:
         out: dict[str, dict[str, list[str]]] = {}

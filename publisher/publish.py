@@ -21,6 +21,7 @@ from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, s
 from messages.fields import fields
 from publisher.schema import DistrictSchema
 from resync.brokers import Connection, Topology
+from resync.db import keyset_pages
 from resync.tables import to_wire
 
 CHUNK = 2_000
@@ -35,17 +36,10 @@ def rows(
     engine: Engine, schema: DistrictSchema, name: str, year: int | None, *, after: str = "", chunk: int = CHUNK
 ) -> Iterator[Sequence[Any]]:
     table = schema.tables[name]
-    query = select(table).order_by(table.c.ref_id).limit(chunk)
+    query = select(table)
     if year is not None and schema.catalog.get(name).year_scoped:
         query = query.where(table.c.school_year == year)
-    last = after
-    while True:
-        with engine.connect() as conn:
-            page = conn.execute(query.where(table.c.ref_id > last)).all()
-        if not page:
-            return
-        yield page
-        last = page[-1].ref_id
+    return keyset_pages(engine, query, table.c.ref_id, chunk, after=after)
 
 
 def rows_by_ref(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,21 @@ def insert_many(
     if returning:
         stmt = stmt.returning(*returning)
     return conn.execute(stmt, params)
+
+
+def keyset_pages(engine: Engine, query: Any, key: Any, size: int, *, after: Any = "") -> Iterator[Sequence[Any]]:
+    """``query`` in pages of up to ``size`` rows in ``key`` order, each read in a transaction of its own
+    (``WHERE key > last``): a table is never read whole, and a reader can resume after any page."""
+    query = query.order_by(key).limit(size)
+    last = after
+    while True:
+        with engine.connect() as conn:
+            page = conn.execute(query.where(key > last)).all()
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        last = page[-1]._mapping[key]
 
 
 def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:

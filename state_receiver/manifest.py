@@ -1,20 +1,18 @@
-"""The state's side of verification: the manifest it answers a district with, the verification it can ask a
-district for, and the reports the district sends back."""
+"""The state's side of verification: the manifest it answers a district with, and the reports a district
+sends back when the state asked it to verify (the request itself goes out with ``requests.send_request``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
-from messages.envelope import (
-    ManifestPart,
-    ManifestRequest,
-    VerifyReport,
-)
+from messages.envelope import ManifestPart, ManifestRequest, VerifyReport
 from messages.manifest import pack
+from resync.db import keyset_pages
 from state_receiver.schema import StateSchema
 
 PART = 5_000
@@ -33,18 +31,18 @@ def manifest_parts(
             yield ManifestPart(request.request, name, 0, True, "", f"{name[:64]} {why}")
             continue
         t = schema.tables[name]
-        query = select(t.c.ref_id, t.c.digest).where(t.c.district_id == district).order_by(t.c.ref_id).limit(PART)
+        query = select(t.c.ref_id, t.c.digest).where(t.c.district_id == district)
         if schema.catalog.get(name).year_scoped:
             query = query.where(t.c.school_year == request.year)
-        part, last = 0, ""
-        while True:
-            with engine.connect() as conn:
-                page = conn.execute(query.where(t.c.ref_id > last)).all()
-            done = len(page) < PART
-            yield ManifestPart(request.request, name, part, done, pack((r.ref_id, r.digest) for r in page))
-            if done:
+        pages = keyset_pages(engine, query, t.c.ref_id, PART)
+        page: Sequence[Any] = next(pages, [])
+        for part in itertools.count():
+            following = next(pages, None)  # one page ahead, to mark the last
+            yield ManifestPart(request.request, name, part, following is None,
+                               pack((r.ref_id, r.digest) for r in page))
+            if following is None:
                 break
-            part, last = part + 1, page[-1].ref_id
+            page = following
 
 
 def store_report(conn: Connection, schema: StateSchema, district: str, report: VerifyReport, now: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +33,9 @@ from messages.manifest import (
     record_digest,
     unpack,
 )
+from resync.db import engine
+from state_receiver.manifest import PART, manifest_parts
+from state_receiver.schema import StateSchema
 
 CATALOG = catalog_mod.load()
 refs = st.sets(st.integers(0, 400), max_size=120).map(lambda s: sorted(f"{i:032X}" for i in s))
@@ -107,3 +112,22 @@ def test_a_torn_manifest_part_is_refused_with_a_code() -> None:
     with pytest.raises(DecodeError) as e:
         decode_manifest_part(encode_manifest_part(part))
     assert e.value.code == Code.BAD_FIELD
+
+
+@pytest.mark.parametrize("records", [0, 4_999, 10_000, 12_345])
+def test_the_state_sends_its_manifest_in_parts_in_ref_id_order(tmp_path: Path, records: int) -> None:
+    schema = StateSchema(CATALOG)
+    eng = engine(f"sqlite:///{tmp_path / 'state.db'}")
+    schema.create(eng)
+    row = {"district_id": "district-1", "last_msg_id": "0" * 32, "source_ts": "t", "applied_at": "t"}
+    with eng.begin() as conn:
+        for district in ("district-1", "district-2") if records else ():
+            conn.execute(schema.tables["District"].insert(), [
+                {**row, "district_id": district, "ref_id": f"{i:032X}", "digest": f"{i:016x}"}
+                for i in range(records, 0, -1)])
+    request = ManifestRequest(new_id(), now_ts(), "district-1", new_id(), ["District"], 2027)
+    parts = list(manifest_parts(eng, schema, "district-1", request))
+    assert [p.part for p in parts] == list(range(max(1, -(-records // PART))))
+    assert [p.last for p in parts] == [False] * (len(parts) - 1) + [True]
+    entries = [e for p in parts for e in unpack(p.entries)]
+    assert entries == [(f"{i:032X}", f"{i:016x}") for i in range(1, records + 1)]
