@@ -84,7 +84,16 @@ def year_objects(catalog: Catalog, settings: Settings, year: int) -> list[str]:
 
 def plan_batch(catalog: Catalog, engine: Engine, settings: Settings, objects: list[str], *, send_all: bool,
                check_dependencies: bool, year: int, strict: bool = True) -> list[PlannedObject]:
-    """The objects of a batch in send order with their record counts. ``strict``: an object that cannot be
+    """The objects of a batch in send order with their record counts."""
+    names = pick_objects(catalog, settings, objects, send_all=send_all, check_dependencies=check_dependencies,
+                         year=year, strict=strict)
+    schema = DistrictSchema(catalog)
+    return [PlannedObject(n, schema.count(engine, n, year)) for n in names]
+
+
+def pick_objects(catalog: Catalog, settings: Settings, objects: list[str], *, send_all: bool,
+                 check_dependencies: bool, year: int, strict: bool = True) -> list[str]:
+    """The objects a batch or a verification takes, in send order. ``strict``: an object that cannot be
     resynced for ``year`` is an error (a district's request) rather than left out (a state's request)."""
     if send_all and objects:
         raise ConfigError("give either --all or object names, not both")
@@ -106,8 +115,7 @@ def plan_batch(catalog: Catalog, engine: Engine, settings: Settings, objects: li
                               f"(RESYNC_{label.upper()}_YEAR_OBJECTS)")
         # parents outside this year's set are synced with the current year
         names = [n for n in catalog.plan(picked, check_dependencies=check_dependencies) if n in allowed]
-    schema = DistrictSchema(catalog)
-    return [PlannedObject(n, schema.count(engine, n, year)) for n in names]
+    return names
 
 
 def reminders(settings: Settings, store: AgentStore) -> list[str]:

@@ -12,13 +12,13 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
-from agent.status import year_objects
+from agent.status import pick_objects
 from agent.store import STATE, AgentStore
 from agent.verify import VerifyStore, compare_run
 from messages.catalog import Catalog
 from messages.codec import encode_manifest_request, encode_verify_report
 from messages.envelope import Kind, ManifestPart, ManifestRequest, ResyncRequest, VerifyReport, now_ts, stable_id
-from messages.errors import FatalError
+from messages.errors import ConfigError, FatalError
 from messages.manifest import Comparison
 from resync.brokers import Broker, Topology
 from resync.retry import TRANSIENT
@@ -150,9 +150,11 @@ class Verifier:
         if self.runs.has_request(request.request_id):
             return None
         year = self.settings.resolve_year(request.year)
-        allowed = year_objects(self.catalog, self.settings, year)
-        names = allowed if request.objects is None else [
-            n for n in self.catalog.plan(request.objects) if n in allowed]
+        try:
+            names = pick_objects(self.catalog, self.settings, request.objects or [],
+                                 send_all=request.objects is None, check_dependencies=False, year=year, strict=False)
+        except ConfigError:  # an empty list of objects
+            names = []
         if not names:
             reason = f"state verify request {request.request_id} names no object that syncs for school year {year}"
             self.store.log_error(reason, category=8)

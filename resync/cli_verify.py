@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from agent.status import year_objects
+from agent.status import pick_objects
 from messages.errors import ConfigError, FatalError
 from messages.manifest import DIFFERENCES
 from resync.render import console, emit_json, table, when
@@ -33,7 +33,7 @@ def verify(c: Any, names: tuple[str, ...], year: str | None, details: bool, targ
     from agent.verify import VerifyStore
 
     y = c.year(year)
-    objects = _objects(c, names, y)
+    objects = pick_objects(c.catalog, c.settings, list(names), send_all=not names, check_dependencies=False, year=y)
     store = c.store()
     runs = VerifyStore(store.engine)
     run_id = runs.queue(objects, y)
@@ -50,17 +50,6 @@ def verify(c: Any, names: tuple[str, ...], year: str | None, details: bool, targ
              f"({when(run['completed_at'])})")
     _show(title, {"run_id": run_id, "district": c.settings.district, "school_year": y, "objects": results},
           details, as_json)
-
-
-def _objects(c: Any, names: tuple[str, ...], year: int) -> list[str]:
-    allowed = year_objects(c.catalog, c.settings, year)
-    if not names:
-        return allowed
-    picked = [c.catalog.get(n).name for n in names]
-    refused = [n for n in picked if n not in allowed]
-    if refused:
-        raise ConfigError(f"{refused[0]} is not resynced for school year {year}; pick from `resync objects`")
-    return [n for n in c.catalog.names() if n in picked]
 
 
 @contextlib.contextmanager
