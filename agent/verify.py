@@ -123,26 +123,28 @@ class VerifyStore:
         """How many objects' manifests are complete, and whether all of them are."""
         run = self.run(run_id)
         assert run is not None
-        with self.engine.connect() as conn:
-            got = conn.execute(select(verify_part.c.object, func.count(),
-                                      func.max(case((verify_part.c.last, verify_part.c.part + 1), else_=0)))
-                               .where(verify_part.c.run_id == run_id).group_by(verify_part.c.object)).all()
-        complete = sum(1 for _, n, total in got if total and n == total)
+        complete = len(self._complete(run_id))
         return complete, complete == len(run["objects"])
+
+    def has_manifest(self, run_id: str, name: str) -> bool:
+        """Whether every part of one object's manifest is in."""
+        return name in self._complete(run_id, name)
+
+    def _complete(self, run_id: str, name: str | None = None) -> list[str]:
+        """The objects whose manifest is whole: its last part and every part before it are in."""
+        p = verify_part
+        query = (select(p.c.object, func.count(), func.max(case((p.c.last, p.c.part + 1), else_=0)))
+                 .where(p.c.run_id == run_id).group_by(p.c.object))
+        if name is not None:
+            query = query.where(p.c.object == name)
+        with self.engine.connect() as conn:
+            return [obj for obj, n, total in conn.execute(query) if total and n == total]
 
     def finish(self, run_id: str, results: list[Comparison]) -> None:
         """Keep the counts (the differences are kept already); drop the state's manifest, compared now."""
         self.set(run_id, status="completed", completed_at=now_ts(), result=json.dumps([r.as_dict() for r in results]))
         with self.engine.begin() as conn:
             conn.execute(verify_part.delete().where(verify_part.c.run_id == run_id))
-
-    def has_manifest(self, run_id: str, name: str) -> bool:
-        """Whether every part of one object's manifest is in."""
-        with self.engine.connect() as conn:
-            n, total = conn.execute(select(func.count(), func.max(case((verify_part.c.last, verify_part.c.part + 1),
-                                                                       else_=0)))
-                                    .where(verify_part.c.run_id == run_id, verify_part.c.object == name)).one()
-        return bool(total) and n == total
 
     def state_manifest(self, run_id: str, name: str) -> tuple[Iterator[str], str | None]:
         """One object's manifest from the state, a part at a time, and the error the state gave instead."""
@@ -186,10 +188,10 @@ def _decoded(row: Any) -> dict[str, Any] | None:
     return out
 
 
-def refused(engine: Engine, catalog: Catalog, names: list[str], year: int) -> dict[str, set[str]]:
+def refused(engine: Engine, schema: DistrictSchema, names: list[str]) -> dict[str, set[str]]:
     """Per object, the district's records the state will not hold: state-excluded ones and every record under
     one, the state's own rule (parents first, over every parent the objects need, in every year)."""
-    schema = DistrictSchema(catalog)
+    catalog = schema.catalog
     out: dict[str, set[str]] = {}
     with engine.connect() as conn:
         for name in catalog.plan(names, check_dependencies=True):
@@ -305,30 +307,31 @@ def compare_run(engine: Engine, catalog: Catalog, store: VerifyStore, run_id: st
     run = store.run(run_id)
     assert run is not None
     names, year = run["objects"], run["school_year"]
-    excluded = refused(engine, catalog, names, year)
     schema = DistrictSchema(catalog)
+    excluded = refused(engine, schema, names)
     results = []
     with engine.begin() as conn:
         conn.execute(verify_diff.delete().where(verify_diff.c.run_id == run_id))
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if pending:
+            with engine.begin() as conn:
+                insert_many(conn, verify_diff, pending)
+            pending.clear()
+
     for name in names:
         if not arrived(name):
             return None
         state, error = store.state_manifest(run_id, name)
         result = Comparison(name, error=error)
-        pending: list[dict[str, Any]] = []
 
-        def sink(kind: str, ref: str, name: str = name, pending: list[dict[str, Any]] = pending) -> None:
+        def sink(kind: str, ref: str, name: str = name) -> None:
             pending.append({"run_id": run_id, "object": name, "ref_id": ref, "kind": kind})
             if len(pending) >= _FLUSH:
-                flush(pending)
-
-        def flush(pending: list[dict[str, Any]]) -> None:
-            if pending:
-                with engine.begin() as conn:
-                    insert_many(conn, verify_diff, pending)
-                pending.clear()
+                flush()
 
         compare(district_manifest(engine, schema, name, year, excluded[name]), state, result, sink)
-        flush(pending)
         results.append(result)
+    flush()
     return results

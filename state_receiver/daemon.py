@@ -45,6 +45,7 @@ from messages.envelope import (
     stable_id,
 )
 from messages.errors import Category, Code, DecodeError, RecordError
+from messages.manifest import ENTRY
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import SENDER
 from resync.db import insert
@@ -150,7 +151,7 @@ class Receiver:
             for part in manifest_parts(self.engine, self.schema, district, request):
                 conn.publish(Topology.acks(district), encode_manifest_part(part), kind=Kind.MANIFEST,
                              message_id=stable_id(request.request, part.object, str(part.part)))
-                sent += len(part.entries) // 48
+                sent += len(part.entries) // ENTRY
             log.info("manifest sent", district=district, request=request.request, objects=len(request.objects),
                      records=sent)
         conn.flush()
