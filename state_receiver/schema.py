@@ -4,6 +4,8 @@ markers, the state's error log."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
 
 from messages.catalog import Catalog
@@ -97,13 +99,7 @@ class StateSchema:
         )
         self.verifications = Table(
             "state_verification", m,
-            Column("request_id", REFID, primary_key=True),
-            Column("district_id", String(64), nullable=False),
-            Column("objects", Text),  # JSON list, or null for all
-            Column("year", String(8), nullable=False),
-            Column("requested_by", String(128), nullable=False),
-            Column("requested_at", String(32), nullable=False),
-            Column("status", String(16), nullable=False),  # requested | completed | failed
+            *_asked_of_a_district(),  # status: requested | completed | failed
             Column("school_year", Integer),
             Column("completed_at", String(32)),
             Column("result", Text),  # JSON: the district's per-object comparison
@@ -111,13 +107,7 @@ class StateSchema:
         )
         self.requests = Table(
             "state_request", m,
-            Column("request_id", REFID, primary_key=True),
-            Column("district_id", String(64), nullable=False),
-            Column("objects", Text),  # JSON list, or null for all
-            Column("year", String(8), nullable=False),
-            Column("requested_by", String(128), nullable=False),
-            Column("requested_at", String(32), nullable=False),
-            Column("status", String(16), nullable=False),  # requested | running | completed | cancelled
+            *_asked_of_a_district(),  # status: requested | running | completed | cancelled
             Column("batch_id", REFID),
             Column("school_year", Integer),
             Column("started_at", String(32)),
@@ -135,3 +125,16 @@ class StateSchema:
 
     def create(self, engine: Engine) -> None:
         create_all(self.metadata, engine)
+
+
+def _asked_of_a_district() -> list[Column[Any]]:
+    """What the state keeps of anything it asks a district's agent to do (resync, verify)."""
+    return [
+        Column("request_id", REFID, primary_key=True),
+        Column("district_id", String(64), nullable=False),
+        Column("objects", Text),  # JSON list, or null for all
+        Column("year", String(8), nullable=False),
+        Column("requested_by", String(128), nullable=False),
+        Column("requested_at", String(32), nullable=False),
+        Column("status", String(16), nullable=False),
+    ]
