@@ -16,7 +16,7 @@ from agent.status import pick_objects
 from agent.store import STATE, AgentStore
 from agent.verify import VerifyStore, compare_run
 from messages.catalog import Catalog
-from messages.codec import encode_manifest_request, encode_verify_report
+from messages.codec import REPORT_REFS, encode_manifest_request, encode_verify_report
 from messages.envelope import Kind, ManifestPart, ManifestRequest, ResyncRequest, VerifyReport, now_ts, stable_id
 from messages.errors import ConfigError, FatalError
 from messages.manifest import Comparison
@@ -25,7 +25,7 @@ from resync.retry import TRANSIENT
 from resync.settings import Settings
 
 log = structlog.get_logger()
-REPORT_REFS = 100
+
 """Differing ref_ids per kind and object that a report to the state names (the counts are always whole)."""
 
 

@@ -22,6 +22,7 @@ from messages.envelope import Ack, Action, ErrorInfo, Event
 from messages.errors import Category, Code
 from messages.fields import fields
 from messages.manifest import record_digest
+from messages.text import clean
 from resync.db import insert_many, one_of
 from resync.tables import from_wire
 from state_receiver.schema import StateSchema
@@ -319,8 +320,8 @@ def log_errors(
                 "ref_id": ref,
                 "category": err.category,
                 "code": err.code,
-                "description": err.desc,
-                "extended": err.extended,
+                "description": clean(err.desc, 2000),
+                "extended": clean(err.extended or "", 4000),
                 "logged_at": now,
             }
             for msg_id, obj, ref, err in errors

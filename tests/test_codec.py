@@ -146,9 +146,10 @@ def test_body_over_max_size() -> None:
     assert decode_event(body, CATALOG, max_size=len(body)) == event
 
 
-def test_delete_does_not_check_parents_or_data() -> None:
+def test_delete_needs_no_parents_and_ignores_data() -> None:
     body = _json(_doc(action="delete", parents={}, data={"anything": [1]}))
-    assert decode_event(body, CATALOG).action is Action.DELETE
+    event = decode_event(body, CATALOG)
+    assert event.action is Action.DELETE and event.data == {}
 
 
 @pytest.mark.parametrize("mutate", [

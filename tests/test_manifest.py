@@ -99,7 +99,8 @@ def test_new_messages_round_trip() -> None:
     assert decode_manifest_request(encode_manifest_request(request)) == request
     part = ManifestPart(new_id(), "School", 3, True, pack([("A" * 32, "0123456789abcdef")]), None)
     assert decode_manifest_part(encode_manifest_part(part)) == part
-    report = VerifyReport(new_id(), now_ts(), "district-1", new_id(), 2027, [{"object": "School", "state": 1}])
+    result = {**Comparison("School", state=1, state_only=1).as_dict(), "details": {"state_only": ["A" * 32]}}
+    report = VerifyReport(new_id(), now_ts(), "district-1", new_id(), 2027, [result])
     assert decode_verify_report(encode_verify_report(report)) == report
     marker = Marker(new_id(), now_ts(), "district-1", new_id(), MarkerKind.BATCH_END, delta=True)
     assert decode_marker(encode_marker(marker)).delta is True

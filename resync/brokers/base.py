@@ -14,6 +14,10 @@ EXCHANGE = "resync"
 DEAD_LETTER_EXCHANGE = "resync.dlx"
 DEAD_LETTER_QUEUE = "resync.dead-letter"
 REASON, ORIGIN, SENDER = "x-resync-reason", "x-resync-queue", "x-resync-user"
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+"""The largest body a consumer keeps unless it says otherwise; the shipped broker configuration refuses
+larger messages anyway (``docker/rabbitmq.conf``)."""
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 _DISTRICT = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
 
 
@@ -59,6 +63,17 @@ class Delivery:
     type: str | None
     redelivered: bool
     headers: Mapping[str, Any] = field(default_factory=dict)
+    dropped: int = 0
+    """The size of a body the transport did not keep (``body`` is empty): it was over the consumer's
+    ``max_body``, so an attacker's large messages cost this process nothing but their headers."""
+
+
+def sender_of(delivery: Delivery, state_user: str) -> str | None:
+    """Who sent ``delivery``: the broker user RabbitMQ validated, except that a message the state put back
+    from the dead-letter queue names the user who first sent it (``resync dead-letters --requeue``)."""
+    if delivery.user_id == state_user and delivery.headers.get(SENDER):
+        return str(delivery.headers[SENDER])
+    return delivery.user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +108,14 @@ class Connection(abc.ABC):
         self.flush(timeout)
 
     @abc.abstractmethod
-    def consume(self, queue: str, *, prefetch: int) -> None: ...
+    def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
+        """Take deliveries from ``queue``, at most ``prefetch`` unacknowledged; a body over ``max_body``
+        bytes is not kept (see ``Delivery.dropped``)."""
 
     @abc.abstractmethod
-    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        """Deliveries received on every consumed queue, waiting up to ``timeout`` for the first."""
+    def fetch(self, max_count: int, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Delivery]:
+        """Deliveries received on every consumed queue, waiting up to ``timeout`` for the first; stops at
+        ``max_count`` deliveries or ``max_bytes`` of bodies, and reads no more from the broker meanwhile."""
 
     @abc.abstractmethod
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...

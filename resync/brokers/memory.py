@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from messages.errors import ConnectionClosed
 from resync.brokers.base import (
     DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_BYTES,
     ORIGIN,
     REASON,
     SENDER,
@@ -83,6 +85,7 @@ class MemoryConnection(Connection):
         self._tags = itertools.count(1)
         self._pending: dict[int, tuple[_Queue, _Message]] = {}
         self._consuming: list[_Queue] = []
+        self._max_body = DEFAULT_MAX_BODY
         self._closed = False
 
     def _check(self) -> None:
@@ -103,8 +106,9 @@ class MemoryConnection(Connection):
     def flush(self, timeout: float = 60.0) -> None:
         self._check()
 
-    def consume(self, queue: str, *, prefetch: int) -> None:
+    def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
         self._check()
+        self._max_body = max_body
         with self.broker.cond:
             q = self.broker.queues.get(queue)
             if q is None:
@@ -112,20 +116,23 @@ class MemoryConnection(Connection):
             q.consumers += 1
             self._consuming.append(q)
 
-    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(self, max_count: int, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Delivery]:
         self._check()
         deadline = time.monotonic() + timeout
         out: list[Delivery] = []
+        held = 0
         with self.broker.cond:
             while True:
                 for q in self._consuming:
-                    while q.messages and len(out) < max_count:
+                    while q.messages and len(out) < max_count and (not out or held < max_bytes):
                         m = q.messages.popleft()
                         q.unacked += 1
                         tag = next(self._tags)
                         self._pending[tag] = (q, m)
-                        out.append(Delivery(m.body, tag, q.name, m.message_id, m.user_id, m.kind, m.redelivered,
-                                            m.headers))
+                        dropped = len(m.body) if len(m.body) > self._max_body else 0
+                        held += len(m.body) - dropped
+                        out.append(Delivery(b"" if dropped else m.body, tag, q.name, m.message_id, m.user_id, m.kind,
+                                            m.redelivered, m.headers, dropped))
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0 or self._closed:
                     return out

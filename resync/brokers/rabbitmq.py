@@ -31,6 +31,8 @@ from messages.errors import ConnectionClosed
 from resync.brokers.base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_BYTES,
     EXCHANGE,
     ORIGIN,
     REASON,
@@ -144,6 +146,9 @@ class RabbitConnection(Connection):
         self._properties: dict[str, Any] = {}
         self._body: list[bytes] = []
         self._remaining = 0
+        self._size = 0  # of the body being delivered
+        self._max_body = DEFAULT_MAX_BODY
+        self._held = 0  # bytes of the bodies in self._buffer
         self._confirming = False
         self.published = 0
         self._confirmed = 0
@@ -247,11 +252,12 @@ class RabbitConnection(Connection):
                 return True
             if self._delivering is not None:
                 if kind == HEADER:
-                    self._remaining = body_size(payload)
+                    self._remaining = self._size = body_size(payload)
                     self._properties = decode_properties_basic(payload, 12)[0]
                     self._body = []
                 elif kind == BODY:
-                    self._body.append(payload)
+                    if self._size <= self._max_body:  # an over-size body is read off the socket and let go
+                        self._body.append(payload)
                     self._remaining -= len(payload)
                 if self._remaining <= 0:
                     self._delivered()
@@ -262,8 +268,11 @@ class RabbitConnection(Connection):
     def _delivered(self) -> None:
         assert self._delivering is not None
         tag, redelivered, routing_key = self._delivering
-        self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties))
-        self._delivering = None
+        dropped = self._size if self._size > self._max_body else 0
+        self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties,
+                                      dropped))
+        self._held += self._size - dropped
+        self._body, self._delivering = [], None
 
     def flush(self, timeout: float = 60.0) -> None:
         self.confirm(self.published, timeout)
@@ -282,10 +291,14 @@ class RabbitConnection(Connection):
     def _on_message(self, message: amqp.Message) -> None:
         """A delivery py-amqp read itself (while it waited for a reply of its own)."""
         body, info = message.body, message.delivery_info
-        self._buffer.append(_delivery(body.encode() if isinstance(body, str) else bytes(body), info["delivery_tag"],
-                                      info.get("routing_key", ""), bool(info.get("redelivered")), message.properties))
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        dropped = len(raw) if len(raw) > self._max_body else 0
+        self._buffer.append(_delivery(b"" if dropped else raw, info["delivery_tag"], info.get("routing_key", ""),
+                                      bool(info.get("redelivered")), message.properties, dropped))
+        self._held += len(raw) - dropped
 
-    def consume(self, queue: str, *, prefetch: int) -> None:
+    def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self._max_body = max_body
         try:
             self._send()
             self.channel.basic_qos(0, prefetch, False)
@@ -293,10 +306,11 @@ class RabbitConnection(Connection):
         except _ERRORS as e:
             raise ConnectionClosed(f"cannot consume {queue}: {e}") from None
 
-    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(self, max_count: int, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         try:
-            while len(self._buffer) < max_count:
+            # past max_bytes the socket is left unread: the broker holds the rest, not this process
+            while len(self._buffer) < max_count and self._held < max_bytes:
                 if self._reader.has_frame():
                     self._pump(0)
                     continue
@@ -307,7 +321,15 @@ class RabbitConnection(Connection):
                     break
         except _ERRORS as e:
             raise ConnectionClosed(f"consuming failed: {e}") from None
-        out, self._buffer = self._buffer[:max_count], self._buffer[max_count:]
+        out: list[Delivery] = []
+        taken = 0
+        for d in self._buffer:
+            if len(out) == max_count or (out and taken + len(d.body) > max_bytes):
+                break
+            out.append(d)
+            taken += len(d.body)
+        self._buffer = self._buffer[len(out):]
+        self._held -= taken
         return out
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
@@ -336,6 +358,14 @@ class RabbitConnection(Connection):
             pass
 
 
-def _delivery(body: bytes, tag: int, routing_key: str, redelivered: bool, props: Mapping[str, Any]) -> Delivery:
-    return Delivery(body, tag, routing_key, props.get("message_id"), props.get("user_id"), props.get("type"),
-                    redelivered, dict(props.get("application_headers") or {}))
+def _delivery(body: bytes, tag: int, routing_key: str, redelivered: bool, props: Mapping[str, Any],
+              dropped: int = 0) -> Delivery:
+    return Delivery(body, tag, routing_key, _text(props.get("message_id")), _text(props.get("user_id")),
+                    _text(props.get("type")), redelivered, dict(props.get("application_headers") or {}), dropped)
+
+
+def _text(value: Any) -> str | None:
+    """A short-string property as text whatever the sender put there (py-amqp may hand over bytes)."""
+    if value is None or isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
