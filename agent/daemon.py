@@ -26,20 +26,26 @@ from agent.store import STATE, AgentStore
 from agent.verifier import Verifier
 from messages.catalog import Catalog
 from messages.codec import (
+    MAX_MESSAGE,
     decode_acks,
     decode_manifest_part,
     decode_request,
 )
 from messages.envelope import (
+    Ack,
     Action,
+    ErrorInfo,
+    Event,
     Kind,
     MarkerKind,
     now_ts,
 )
-from messages.errors import Code, DecodeError, FatalError
+from messages.errors import Category, Code, DecodeError, FatalError
 from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY
+from messages.text import clean
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 from resync.brokers import Broker, Delivery, Topology
+from resync.brokers.base import sender_of
 from resync.retry import TRANSIENT, run_forever
 from resync.settings import Settings
 
@@ -108,7 +114,8 @@ class Agent:
             return stop.is_set() or self.store.is_cancelled(batch_id)
 
         with self.broker.connect() as conn:
-            pub = ObjectPublisher(conn, self.engine, self.catalog, self.district)
+            pub = ObjectPublisher(conn, self.engine, self.catalog, self.district, max_body=self.settings.max_body,
+                                  refused=self._refused)
 
             def interrupted() -> None:
                 if self.store.is_cancelled(batch_id):
@@ -129,7 +136,8 @@ class Agent:
                 name = obj["object"]
                 if obj["started_at"] is None:
                     self.store.set_object(batch_id, name, started_at=now_ts())
-                sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=obj["sent"],
+                already = obj["sent"] - self.store.not_sent(batch_id, name)
+                sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=already,
                                           progress=self._progress(batch_id, name), should_stop=should_stop,
                                           pace=pace)
                 if sent is None:
@@ -168,9 +176,21 @@ class Agent:
                                      should_stop=should_stop, pace=pace)
             if sent is None:
                 return False
-            pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
+            pub.end_object(batch_id, name, year, obj["sent"] - self.store.not_sent(batch_id, name) + sent, delta=True)
             self.store.set_object(batch_id, name, sent_at=now_ts())
         return True
+
+    def _refused(self, event: Event, size: int) -> None:
+        """A record too large to send: an error of its own, counted as answered so the batch completes."""
+        desc = (f"{event.object} {event.ref_id} was not sent: its message of {size:,} bytes is over the limit of "
+                f"{self.settings.max_body:,} bytes (RESYNC_MAX_BODY)")
+        self.store.record_acks([Ack(event.msg_id, "error", ErrorInfo(int(Category.GENERIC_MESSAGE),
+                                                                     Code.NOT_SENT_TOO_LARGE, desc),
+                                    event.object, event.ref_id, event.batch)])
+        log.warning("record not sent: too large", object=event.object, ref_id=event.ref_id, bytes=size)
+        with self._answers:
+            self._answered += 1
+            self._answers.notify_all()
 
     def _progress(self, batch_id: str, name: str) -> Callable[[int, str], None]:
         def progress(count: int, last_ref: str) -> None:
@@ -202,50 +222,87 @@ class Agent:
 
     def _consume_acks(self, stop: threading.Event) -> None:
         with self.broker.connect() as conn:
-            conn.consume(Topology.acks(self.district), prefetch=20)
-            conn.consume(Topology.control(self.district), prefetch=20)
+            conn.consume(Topology.acks(self.district), prefetch=20, max_body=MAX_MESSAGE)
+            conn.consume(Topology.control(self.district), prefetch=20, max_body=MAX_MESSAGE)
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
-                acks, parts = [], []
-                for d in deliveries:
-                    if d.queue == Topology.control(self.district):
-                        refused = self._control(d)
-                        if refused:
-                            conn.dead_letter(d, refused)
-                        continue
-                    try:
-                        if d.type == Kind.MANIFEST:
-                            parts.append(decode_manifest_part(d.body))
-                        else:
-                            acks.extend(decode_acks(d.body).acks)
-                    except DecodeError as e:
-                        conn.dead_letter(d, f"unreadable ack message: {e.desc}")
-                        self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
-                                             category=int(e.category), code=e.code)
-                if parts:
-                    self.verifier.on_parts(parts)
-                if acks:
-                    self.store.record_acks(acks)
-                    with self._answers:
-                        # every answer, replays too: a record resent after a reconnect is answered by a replay
-                        self._answered += len(acks)
-                        self._answers.notify_all()
+                for d, reason in self._take(deliveries):
+                    conn.dead_letter(d, reason)
+                    log.warning("message dead-lettered", reason=reason, queue=d.queue, message_id=d.message_id,
+                                sender=d.user_id, type=d.type)
                 if deliveries:
                     conn.flush()
                     conn.ack(deliveries[-1].delivery_tag, multiple=True)
                 for batch_id in self.store.complete_finished():
                     self._notify(batch_id)
 
-    def _control(self, d: Delivery) -> str | None:
-        """A resync request from the state: post the alert and queue the batch. Only the state's broker
-        identity may ask; anything else is logged, and the reason returned for the dead-letter queue."""
-        if d.user_id != self.settings.state_user:
-            reason = (f"control message from broker user {d.user_id!r} rejected: only the state "
-                      f"({self.settings.state_user!r}) may request a resync")
-            self.store.log_error(reason, category=4, code=Code.WRONG_SOURCE)
-            log.warning("control message rejected", user=d.user_id)
-            return reason
+    def _take(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
+        """Handle the state's answers and requests; returns what must be dead-lettered, with the reason. A
+        failure that retrying cannot cure is narrowed down by halves to the delivery that causes it."""
         try:
+            return self._handle(deliveries)
+        except TRANSIENT:
+            raise
+        except Exception as e:
+            if len(deliveries) > 1:
+                half = len(deliveries) // 2
+                return self._take(deliveries[:half]) + self._take(deliveries[half:])
+            reason = clean(f"the agent failed on this message: {type(e).__name__}: {e}", 1000)
+            log.exception("message set aside", queue=deliveries[0].queue, message_id=deliveries[0].message_id)
+            self.store.log_error(reason, category=11, code=Code.APPLY_FAILED)
+            return [(deliveries[0], reason)] if deliveries else []
+
+    def _handle(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
+        dead: list[tuple[Delivery, str]] = []
+        acks, parts = [], []
+        for d in deliveries:
+            refused = self._refuse_sender(d)
+            if refused is None and d.queue == Topology.control(self.district):
+                refused = self._control(d)
+            elif refused is None:
+                try:
+                    if d.dropped:
+                        raise DecodeError(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
+                                          f"message of {d.dropped} bytes is over the limit of {MAX_MESSAGE} bytes")
+                    if d.type == Kind.MANIFEST:
+                        parts.append(decode_manifest_part(d.body))
+                    else:
+                        acks.extend(decode_acks(d.body).acks)
+                except DecodeError as e:
+                    refused = f"unreadable ack message: {e.desc}"
+                    self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
+                                         category=int(e.category), code=e.code)
+            if refused:
+                dead.append((d, refused))
+        if parts:
+            self.verifier.on_parts(parts)
+        if acks:
+            self.store.record_acks(acks)
+            with self._answers:
+                # every answer, replays too: a record resent after a reconnect is answered by a replay
+                self._answered += len(acks)
+                self._answers.notify_all()
+        return dead
+
+    def _refuse_sender(self, d: Delivery) -> str | None:
+        """Acks, manifests and requests count only from the state's broker identity; anything else is
+        logged, and the reason returned for the dead-letter queue."""
+        sender = sender_of(d, self.settings.state_user)
+        if sender == self.settings.state_user:
+            return None
+        what = "control message" if d.queue == Topology.control(self.district) else "ack message"
+        reason = (f"{what} from broker user {clean(repr(sender), 80)} rejected: only the state "
+                  f"({self.settings.state_user!r}) may send it")
+        self.store.log_error(reason, category=4, code=Code.WRONG_SOURCE)
+        log.warning(f"{what} rejected", user=sender, queue=d.queue, message_id=d.message_id)
+        return reason
+
+    def _control(self, d: Delivery) -> str | None:
+        """A resync request from the state: post the alert and queue the batch."""
+        try:
+            if d.dropped:
+                raise DecodeError(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
+                                  f"message of {d.dropped} bytes is too large")
             request = decode_request(d.body)
             if d.type == Kind.VERIFY_REQUEST:
                 return self.verifier.on_request(request)

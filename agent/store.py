@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 
 from messages.envelope import Ack, new_id, now_ts
+from messages.errors import Code
+from messages.text import clean
 from resync.db import create_all, insert_many
 
 metadata = MetaData()
@@ -216,12 +218,19 @@ class AgentStore:
                     for a in failed if a.error is not None])
         return len(fresh)
 
+    def not_sent(self, batch_id: str, name: str) -> int:
+        """Records of this batch and object the agent refused to send (too large): handled, never published."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(agent_log).where(
+                agent_log.c.batch_id == batch_id, agent_log.c.object == name,
+                agent_log.c.code == Code.NOT_SENT_TOO_LARGE)).scalar_one())
+
     def log_error(self, description: str, *, batch_id: str | None = None, obj: str | None = None,
                   category: int | None = None, code: str | None = None, extended: str = "") -> None:
         with self.engine.begin() as conn:
             conn.execute(error_log.insert().values(logged_at=now_ts(), batch_id=batch_id, object=obj,
-                                                   category=category, code=code, description=description,
-                                                   extended=extended))
+                                                   category=category, code=code, description=clean(description, 2000),
+                                                   extended=clean(extended, 4000)))
 
     def complete_finished(self) -> list[str]:
         """Close every object whose records are all published and acknowledged, then every batch whose

@@ -165,7 +165,7 @@ def main() -> None:
     url = f"{args.rabbitmq}/{vhost}"
     env = {**os.environ, "RESYNC_BROKER_URL": url, "RESYNC_DISTRICT_DB": f"{args.postgres}/{ddb}",
            "RESYNC_STATE_DB": f"{args.postgres}/{sdb}", "RESYNC_DISTRICT_USERS": "*=guest",
-           "RESYNC_SCHOOL_YEAR": "2027", "RESYNC_LOG_LEVEL": "WARNING"}
+           "RESYNC_STATE_USER": "guest", "RESYNC_SCHOOL_YEAR": "2027", "RESYNC_LOG_LEVEL": "WARNING"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         students = max(1, round(args.records / RECORDS_PER_STUDENT))

@@ -56,6 +56,8 @@ class Code:
     TOO_LARGE = "12.5"
     BAD_ENCODING = "12.6"
     UNKNOWN_TYPE = "12.7"
+    NOT_SENT_TOO_LARGE = "12.8"
+    """Refused by the agent itself: the record's message would be over the limit, so it was never sent."""
 
 
 class ResyncError(Exception):

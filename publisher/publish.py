@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from messages.catalog import Catalog, ref_column
-from messages.codec import encode_event, encode_marker
+from messages.codec import MAX_BODY, encode_event, encode_marker
 from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, stable_id
 from messages.fields import fields
 from publisher.schema import DistrictSchema
@@ -30,6 +30,8 @@ Progress = Callable[[int, str], None]
 """Called after each confirmed chunk with the number of records it held and the last ref_id."""
 Pace = Callable[[int], None]
 """Called before every few records are published with how many; may wait (flow control, rate cap)."""
+Refused = Callable[[Event, int], None]
+"""Told each record that is not published because its message would be over the size limit, and its size."""
 
 
 def rows(
@@ -63,8 +65,10 @@ class RefOnly:
 
 
 class ObjectPublisher:
-    def __init__(self, conn: Connection, engine: Engine, catalog: Catalog, district: str) -> None:
+    def __init__(self, conn: Connection, engine: Engine, catalog: Catalog, district: str, *,
+                 max_body: int = MAX_BODY, refused: Refused | None = None) -> None:
         self.conn, self.engine, self.catalog, self.district = conn, engine, catalog, district
+        self.max_body, self.refused = max_body, refused
         self.schema = DistrictSchema(catalog)
         self.queue = Topology.events(district)
         self.seq = 0
@@ -82,8 +86,8 @@ class ObjectPublisher:
         pace: Pace | None = None,
     ) -> int | None:
         """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker that
-        counts every record the batch sent of it (``already`` were sent before a restart). Returns how many
-        were published now, or None if ``should_stop`` stopped it (no end marker then)."""
+        counts every record the batch published of it (``already`` were published before a restart). Returns
+        how many were published now, or None if ``should_stop`` stopped it (no end marker then)."""
         pages = rows(self.engine, self.schema, name, year, after=after)
         sent = self.publish_pages(batch, name, year, pages, progress=progress, should_stop=should_stop, pace=pace)
         if sent is not None:
@@ -107,13 +111,14 @@ class ObjectPublisher:
         pace: Pace | None = None,
     ) -> int | None:
         """Publish one event per row (for a delete, rows need only a ``ref_id``); returns how many, or None
-        if ``should_stop`` stopped it first."""
+        if ``should_stop`` stopped it first. A record whose message would be over ``max_body`` is not sent but
+        told to ``refused``: ``progress`` counts it among the records handled, the return value does not."""
         obj = self.catalog.get(name)
         refs = [(p, ref_column(p)) for p in obj.references]
         cols = fields(name)
         event_year = year if obj.year_scoped else None
         deleting = action is Action.DELETE
-        sent = 0
+        sent = refused = 0
         unconfirmed: deque[tuple[int, int, str]] = deque()  # per chunk: published count, records, last ref_id
 
         def settle(keep: int) -> None:
@@ -148,11 +153,17 @@ class ObjectPublisher:
                     {} if m is None else {p: m[c] for p, c in refs},
                     {} if m is None else {c: to_wire(k, m[c]) for c, k in cols},
                 )
-                self.conn.publish(self.queue, encode_event(event), kind=Kind.EVENT, message_id=event.msg_id)
+                body = encode_event(event)
+                if len(body) > self.max_body:
+                    refused += 1
+                    if self.refused is not None:
+                        self.refused(event, len(body))
+                    continue
+                self.conn.publish(self.queue, body, kind=Kind.EVENT, message_id=event.msg_id)
             unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
             settle(1)
         settle(0)
-        return sent
+        return sent - refused
 
     def marker(
         self,

@@ -18,7 +18,7 @@ from agent.store import ACTIVE, STATE, AgentStore
 from messages import catalog as catalog_mod
 from messages.catalog import Catalog
 from messages.errors import FatalError, ResyncError
-from resync import logs
+from resync import liveness, logs
 from resync.brokers import Broker, Topology, open_broker
 from resync.brokers.base import DEAD_LETTER_QUEUE
 from resync.cli_verify import verify
@@ -161,15 +161,25 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
         with local_site(c.settings, c.catalog) as alive:  # the embedded default: both sides run here
             watch(store, batch_id, alive)
     elif wait:
-        watch(store, batch_id)
+        watch(store, batch_id, daemons=lambda: liveness.check(c.settings))
 
 
-def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: True) -> None:
+def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: True,
+          daemons: Callable[[], list[str]] = list) -> None:
+    """Progress per object until the batch ends; says so at once when a daemon it needs is not running."""
     with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[errors]} errors"), console=console) as progress:
         tasks: dict[str, Any] = {}
         last_change, last_seen, warned = time.monotonic(), (-1, -1), False
+        said: set[str] = set()
+        next_check = time.monotonic()
         while True:
+            if time.monotonic() >= next_check:
+                for line in daemons():
+                    if line not in said:
+                        progress.console.print(f"[bold red]Warning:[/] {line}")
+                        said.add(line)
+                next_check = time.monotonic() + 5
             objs = store.batch_objects(batch_id)
             for o in objs:
                 total = max(o["expected"], o["sent"]) or 1
@@ -206,14 +216,19 @@ def status(c: Ctx, year: str | None, hide_completed: bool, as_json: bool) -> Non
     store = c.store()
     rows = status_rows(c.catalog, store, c.settings, y, hide_completed=hide_completed)
     due = reminders(c.settings, store)
+    down = liveness.check(c.settings)
     if as_json:
         for line in due:
             click.echo(f"reminder: {line}", err=True)
+        for line in down:
+            click.echo(f"warning: {line}", err=True)
         return emit_json([r.as_dict() for r in rows])
     show_status_table(f"Resync State Data: {c.settings.year_label(y)} school year {y - 1}-{y % 100:02d} "
                       f"({c.settings.district})", rows)
     for line in due:
         console.print(f"[bold yellow]Reminder:[/] {line}")
+    for line in down:
+        console.print(f"[bold red]Warning:[/] {line}")
 
 
 def show_status_table(title: str, rows: list[Any]) -> None:
@@ -302,13 +317,17 @@ def queue(c: Ctx, as_json: bool) -> None:
     except ResyncError as e:
         raise FatalError(f"cannot read the queues from {broker.describe()}: {e}") from None
     in_flight = c.store().in_flight()
+    down = liveness.warnings(stats, c.settings.district) if c.settings.broker_url else []
     if as_json:
         return emit_json({"queues": [{"queue": s.queue, "ready": s.ready, "unacknowledged": s.unacknowledged,
-                                      "consumers": s.consumers} for s in stats], "in_flight": in_flight})
+                                      "consumers": s.consumers} for s in stats], "in_flight": in_flight,
+                          "warnings": down})
     table(f"Queues on {broker.describe()}", ["Queue", "Ready", "Unacknowledged", "Consumers"],
           [(s.queue, s.ready, "?" if s.unacknowledged is None else s.unacknowledged, s.consumers) for s in stats])
     table("Sent, not yet acknowledged", ["Batch", "Status", "Sent", "Processed", "Awaiting ack"],
           [(r["batch_id"][:12], r["status"], r["sent"], r["processed"], r["awaiting_ack"]) for r in in_flight])
+    for line in down:
+        console.print(f"[bold red]Warning:[/] {line}")
 
 
 def _needs_broker(c: Ctx, what: str) -> Broker:
@@ -481,15 +500,19 @@ def dead_letters(c: Ctx, requeue_ids: tuple[str, ...], limit: int, as_json: bool
 
     broker = _needs_broker(c, "dead-letters")
     if requeue_ids:
-        done = requeue(broker, set(requeue_ids))
-        missing = sorted(set(requeue_ids) - set(done))
+        done = requeue(broker, set(requeue_ids), c.settings.state_user)
+        missing = sorted(set(requeue_ids) - set(done.requeued) - set(done.refused))
         if as_json:
-            return emit_json({"requeued": done, "not_found": missing})
-        console.print(f"requeued {len(done)} message(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
-        if missing:
+            emit_json({"requeued": done.requeued, "not_found": missing, "refused": done.refused})
+        else:
+            console.print(f"requeued {len(done.requeued)} message(s)"
+                          + (f"; not found: {', '.join(missing)}" if missing else ""))
+            for message_id, why in done.refused.items():
+                console.print(f"[red]not requeued[/] {message_id}: {why}")
+        if missing or done.refused:
             sys.exit(1)
         return
-    rows = list_dead_letters(broker, limit)
+    rows = list_dead_letters(broker, c.settings.state_user, limit)
     if as_json:
         return emit_json(rows)
     table("Dead-letter queue (oldest first)", ["Message id", "From queue", "Sender", "Type", "Reason", "Bytes"],

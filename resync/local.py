@@ -32,6 +32,8 @@ def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = Non
         logs.configure("WARNING")
     broker = broker or open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
     settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
+    # both sides in one process, on one connection's identity: the agent takes answers from that identity
+    settings = settings.with_(state_user=broker.user)
     stop = threading.Event()
     receiver = Receiver(settings, broker, engine(settings.state_db_url), catalog)
     agent = Agent(settings, broker, engine(settings.district_db_url), catalog)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from messages.codec import MAX_MESSAGE
 from messages.errors import ConfigError
 from resync.brokers.base import check_district
 
@@ -123,6 +124,9 @@ class Settings:
                 raise ConfigError("RESYNC_REMINDER_DAYS must be a whole number of days")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
+        if not 1024 <= settings.max_body <= MAX_MESSAGE:
+            raise ConfigError(f"RESYNC_MAX_BODY={settings.max_body} is out of range: use 1024 to {MAX_MESSAGE} "
+                              "bytes (the broker refuses larger messages)")
         check_district(settings.district)
         for d in settings.districts:
             check_district(d)

@@ -1,23 +1,60 @@
-"""The dead-letter queue, as the state's administrator reads and empties it."""
+"""The dead-letter queue, as the state's administrator reads and empties it.
+
+Requeueing never changes who a message is from. The state's receiver records, on each message it sets
+aside, the queue it came from and the broker user who sent it; only those records are believed. A
+message that someone else put on the dead-letter queue is from that someone, whatever its headers
+claim. A message is put back with its first sender named (the receiver and the agent judge it by that
+sender, not by the state who put it back), and a control message or an answer is put back only if the
+state itself first sent it: a forged resync request is never laundered into the state's own.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from resync.brokers import Broker, Delivery
+from resync.brokers import Broker, Delivery, Topology
 from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
 
 MAX_SCAN = 10_000
 
 
-def _describe(d: Delivery) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    queue: str | None
+    sender: str | None
+
+
+@dataclass
+class Requeued:
+    requeued: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """message id -> why it was not put back"""
+
+
+def origin(d: Delivery, state_user: str) -> Origin:
+    """Where ``d`` came from and who sent it, as far as it can be believed."""
     death = (d.headers.get("x-death") or [{}])[0]
+    queue = d.headers.get(ORIGIN) or (death.get("queue") if isinstance(death, dict) else None)
+    if d.user_id == state_user:  # set aside by the state's receiver, which recorded the first sender
+        return Origin(_text(queue), _text(d.headers.get(SENDER)) or d.user_id)
+    return Origin(_text(queue), d.user_id)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _describe(d: Delivery, state_user: str) -> dict[str, Any]:
+    where = origin(d, state_user)
     return {
         "message_id": d.message_id,
-        "queue": d.headers.get(ORIGIN) or death.get("queue"),
-        "sender": d.headers.get(SENDER) or d.user_id,
+        "queue": where.queue,
+        "sender": where.sender,
         "type": d.type,
-        "reason": d.headers.get(REASON) or death.get("reason"),
+        "reason": _text(d.headers.get(REASON)) or ((d.headers.get("x-death") or [{}])[0] or {}).get("reason"),
         "bytes": len(d.body),
         "body": d.body[:200].decode("utf-8", "replace"),
     }
@@ -34,23 +71,40 @@ def _scan(conn: Any, limit: int) -> list[Delivery]:
     return out
 
 
-def list_dead_letters(broker: Broker, limit: int = 100) -> list[dict[str, Any]]:
+def list_dead_letters(broker: Broker, state_user: str, limit: int = 100) -> list[dict[str, Any]]:
     """Look without taking: the messages go back to the queue, in order, when the connection closes."""
     with broker.connect() as conn:
-        return [_describe(d) for d in _scan(conn, limit)]
+        return [_describe(d, state_user) for d in _scan(conn, limit)]
 
 
-def requeue(broker: Broker, message_ids: set[str]) -> list[str]:
+def refusal(where: Origin, state_user: str) -> str | None:
+    """Why a message from ``where`` may not be put back, or None."""
+    if where.queue is None:
+        return "it does not say which queue it came from"
+    if where.queue.startswith(("control.", "acks.")) and where.sender != state_user:
+        return (f"it is a message to a district's agent from broker user {where.sender!r}, not from the state "
+                f"({state_user!r}); putting it back would make it the state's")
+    if not where.queue.startswith(("sync.", "control.", "acks.")) or not Topology.district_of(where.queue):
+        return f"{where.queue!r} is not a queue of this system"
+    return None
+
+
+def requeue(broker: Broker, message_ids: set[str], state_user: str) -> Requeued:
     """Put these messages back on the queues they came from, for the receiver to try again."""
-    done: list[str] = []
+    done = Requeued()
     with broker.connect() as conn:
         for d in _scan(conn, MAX_SCAN):
-            info = _describe(d)
-            if d.message_id not in message_ids or not info["queue"]:
+            if d.message_id not in message_ids or d.message_id in done.requeued:
                 continue
-            conn.publish(info["queue"], d.body, kind=d.type or "event", message_id=d.message_id or "",
-                         headers={SENDER: info["sender"] or ""})
+            where = origin(d, state_user)
+            why = refusal(where, state_user)
+            if why is not None:
+                done.refused[d.message_id] = why
+                continue
+            assert where.queue is not None
+            conn.publish(where.queue, d.body, kind=d.type or "event", message_id=d.message_id or "",
+                         headers={SENDER: where.sender or ""})
             conn.flush()
             conn.ack(d.delivery_tag)
-            done.append(d.message_id or "")
+            done.requeued.append(d.message_id or "")
     return done

@@ -35,7 +35,8 @@ class Site:
         self.logs = logs
         self.env = {**os.environ, "RESYNC_BROKER_URL": broker_url, "RESYNC_DISTRICT_DB": district_db,
                     "RESYNC_STATE_DB": state_db, "RESYNC_DISTRICT": "district-1", "RESYNC_SCHOOL_YEAR": str(YEAR),
-                    "RESYNC_DISTRICT_USERS": "district-1=guest"}
+                    "RESYNC_DISTRICT_USERS": "district-1=guest",
+                    "RESYNC_STATE_USER": "guest"}
         self.district, self.state = engine(district_db), engine(state_db)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = 0

@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from messages.codec import MAX_MESSAGE
 from messages.errors import ConfigError
 
 EXCHANGE = "resync"
 DEAD_LETTER_EXCHANGE = "resync.dlx"
 DEAD_LETTER_QUEUE = "resync.dead-letter"
 REASON, ORIGIN, SENDER = "x-resync-reason", "x-resync-queue", "x-resync-user"
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_BODY = MAX_MESSAGE
 """The largest body a consumer keeps unless it says otherwise; the shipped broker configuration refuses
 larger messages anyway (``docker/rabbitmq.conf``)."""
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024

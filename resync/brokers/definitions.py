@@ -3,8 +3,10 @@
 Each district's user may publish only with its own routing key (a topic permission on the ``resync``
 exchange) and read only its own ack and control queues; the state's user reads every district's event
 queue and the dead-letter queue and publishes only acks and control messages. Neither may configure:
-the topology comes from this file. Load it with ``rabbitmqctl import_definitions FILE`` or the
-management plugin's ``load_definitions`` (docker-compose does the latter).
+the topology comes from this file. A policy bounds each district queue to ``QUEUE_BYTES`` and refuses
+publishes beyond it (the publisher's confirm fails and it retries later), so no sender can fill the
+broker; the message-size limit itself is a node setting, in ``docker/rabbitmq.conf``. Load the
+definitions with ``rabbitmqctl import_definitions FILE`` or the management plugin's ``load_definitions``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import secrets
 from typing import Any
 
 from resync.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
+
+QUEUE_BYTES = 1024**3
+"""Per district queue. The agent keeps at most ``RESYNC_MAX_IN_FLIGHT`` records unanswered, so a full
+queue means something is wrong; refusing more keeps one district from taking the broker's memory."""
+POLICY = {"name": "resync-queue-limits", "pattern": r"^(sync|acks|control)\.", "apply-to": "queues", "priority": 0,
+          "definition": {"max-length-bytes": QUEUE_BYTES, "overflow": "reject-publish"}}
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -69,6 +77,7 @@ def definitions(vhost: str, districts: list[str], state_user: str, passwords: di
         ],
         "queues": queues,
         "bindings": bindings,
+        "policies": [{"vhost": vhost, **POLICY}],
     }
 
 

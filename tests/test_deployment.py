@@ -1,0 +1,56 @@
+"""The shipped deployment files: docker-compose.yml, the broker configuration and the definitions the CLI
+writes. No Docker engine runs here, so these are read and checked against what the code relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from messages.codec import MAX_BODY, MAX_MESSAGE
+from resync.brokers.base import Topology
+from resync.brokers.definitions import QUEUE_BYTES, definitions
+from resync.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _conf(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def test_compose_gives_rabbitmq_the_shipped_message_size_limit() -> None:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = compose["services"]["rabbitmq"]["volumes"]
+    [conf] = [m for m in mounts if m.split(":")[1].startswith("/etc/rabbitmq/conf.d/")]
+    source = ROOT / conf.split(":")[0]
+    assert source.is_file()
+    limit = int(_conf(source)["max_message_size"])
+    # every message resync sends fits, and nothing larger than a consumer keeps gets through
+    assert MAX_BODY <= limit == MAX_MESSAGE
+
+
+def test_compose_services_share_one_identity_for_both_sides() -> None:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["receiver"]["environment"]
+    assert compose["services"]["agent"]["environment"] == env
+    users = dict(p.split("=") for p in env["RESYNC_DISTRICT_USERS"].split(","))
+    user = env["RESYNC_BROKER_URL"].split("//")[1].split(":")[0]
+    # the agent takes answers only from the state's identity: here the one user both services connect as
+    assert env["RESYNC_STATE_USER"] == user == users[env["RESYNC_DISTRICT"]]
+    settings = Settings.from_env(env)
+    assert settings.max_body <= MAX_MESSAGE
+
+
+def test_definitions_bound_every_district_queue_and_refuse_publishes_past_it() -> None:
+    defs = definitions("/", ["district-1"], "state", {"district-1": "a", "state": "b"})
+    [policy] = defs["policies"]
+    assert policy["definition"] == {"max-length-bytes": QUEUE_BYTES, "overflow": "reject-publish"}
+    import re
+
+    pattern = re.compile(policy["pattern"])
+    assert all(pattern.search(q) for q in Topology.queues("district-1"))
+    assert not pattern.search("resync.dead-letter")
