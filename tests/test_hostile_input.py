@@ -239,7 +239,7 @@ def test_dead_letters_are_listed_with_their_reason_and_can_be_requeued(
     assert garbage["queue"] == "sync.district-1" and garbage["sender"] == "guest"
     assert "12.1" in garbage["reason"] and "no msg_id" in garbage["reason"]
 
-    assert dead_letters("--requeue", "not-an-id") == {"requeued": ["not-an-id"], "not_found": []}
+    assert dead_letters("--requeue", "not-an-id") == {"requeued": ["not-an-id"], "not_found": [], "refused": {}}
     still_consuming()  # the receiver took it again and, still unreadable, dead-lettered it again
     again = [d for d in dead_letters("--limit", "1000") if d["message_id"] == "not-an-id"]
     assert len(again) == 1 and again[0]["reason"] == garbage["reason"] and again[0]["sender"] == "guest"
