@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ D1 = "district-1"
 CATALOG = catalog_mod.load()
 STATE = StateSchema(CATALOG)
 GUARD = 60.0  # seconds: a hang guard, not a timing assertion
-EXAMPLES = 40
+EXAMPLES = 200
 CASES: Counter[str] = Counter()
 """Generated cases run per message type, for the record (printed at the end of the module)."""
 TS = "2026-11-29T08:00:00.000Z"
@@ -184,7 +184,10 @@ def _nested(depth: int) -> Any:
 
 
 ODD = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=["Cs"]), max_size=40)
+WITH_NUL = st.builds(lambda a, b: f"{a}\x00{b}", ODD, ODD)
 HOSTILE = st.one_of(
+    WITH_NUL,
+    st.dictionaries(st.one_of(WITH_NUL, ODD), st.one_of(WITH_NUL, ODD, st.integers()), min_size=1, max_size=3),
     st.integers(min_value=-(2**64), max_value=2**64),
     st.sampled_from([2**31, 2**40, -1, 0, 2**63, 10**30, 1e300, -0.0]),
     ODD,
@@ -200,25 +203,58 @@ HOSTILE = st.one_of(
 )
 
 
-def mutated(base: Callable[[], dict[str, Any]], extra_keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
-    """``base()`` with one to three fields (some nested in its dicts) replaced by hostile values."""
-    def apply(doc: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str, Any]:
-        for path, value in changes:
-            target = doc
-            *parents, key = path.split("/")
-            for p in parents:  # into a nested object, or the first object of a list
-                inner = target.get(p)
-                if isinstance(inner, list) and inner and isinstance(inner[0], dict):
-                    inner = inner[0]
-                if not isinstance(inner, dict):
-                    break
-                target = inner
-            target[key] = value
+STRINGS = st.one_of(WITH_NUL, WITH_NUL, ODD, st.integers(900, 5000).map(lambda n: "é" * n))
+
+
+def _leaves(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into ``doc``: its keys and, through objects and lists, every value below them."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    out = []
+    for key, value in items:
+        out.append((*prefix, key))
+        out += _leaves(value, (*prefix, key))
+    return out
+
+
+def _hostile_for(value: Any) -> st.SearchStrategy[Any]:
+    """A value hostile to what ``value`` is: a string for a string, a number for a number, else anything."""
+    if isinstance(value, str):
+        return st.one_of(STRINGS, STRINGS, HOSTILE)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return st.one_of(st.integers(min_value=-(2**64), max_value=2**64), HOSTILE)
+    return HOSTILE
+
+
+def mutated(base: Callable[[], dict[str, Any]],
+            extra: Sequence[tuple[Any, ...]] = ()) -> st.SearchStrategy[dict[str, Any]]:
+    """A structurally valid ``base()`` with one or two values anywhere in it (a key of its own, a field of a
+    nested object, an item of a list) replaced by a value hostile to what stood there; ``extra`` adds paths
+    that are not in the base (an unexpected key)."""
+    def put(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+        target: Any = doc
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        doc = base()
+        paths = _leaves(doc) + list(extra)
+        for _ in range(draw(st.integers(1, 2))):
+            path = draw(st.sampled_from(sorted(paths, key=repr)))
+            try:
+                current: Any = doc
+                for step in path:
+                    current = current[step]
+            except (KeyError, IndexError, TypeError):
+                current = None
+            try:
+                put(doc, path, draw(_hostile_for(current)))
+            except (KeyError, IndexError, TypeError):
+                continue  # the path went away with an earlier change
         return doc
 
-    keys = list(base()) + extra_keys
-    return st.builds(apply, st.builds(base), st.lists(st.tuples(st.sampled_from(keys), HOSTILE), min_size=1,
-                                                         max_size=3))
+    return build()
 
 
 HOSTILE_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -226,10 +262,10 @@ HOSTILE_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=Tr
                                                    HealthCheck.data_too_large])
 
 
-def _to_receiver(env: Env, kind: str, doc: dict[str, Any]) -> None:
+def _to_receiver(env: Env, kind: str, doc: dict[str, Any], label: str | None = None) -> None:
     """Send a hostile message to the receiver; afterwards it still consumes, and the message was answered
     (the agent logged the answer under its msg_id or AMQP message_id), accepted, or dead-lettered."""
-    CASES[kind] += 1
+    CASES[label or kind] += 1
     body = dumps(doc)
     msg_id = doc.get("msg_id")
     # what a real publisher stamps: the body's msg_id; else an id of its own, so an answer can still be counted
@@ -245,9 +281,24 @@ def _to_receiver(env: Env, kind: str, doc: dict[str, Any]) -> None:
 
 @HOSTILE_SETTINGS
 @given(doc=mutated(lambda: event("School", parents={"District": ref(1)}, data={"name": "a school"}),
-                   ["parents/District", "parents/X\x00", "data/name", "data/na\x00me", "data/address"]))
+                   [("parents", "X\x00"), ("data", "na\x00me"), ("data", "address"), ("data", "phone")]))
 def test_hostile_events(env: Env, doc: dict[str, Any]) -> None:
     _to_receiver(env, "event", doc)
+
+
+DISTRICT_FIELDS = ("name", "state_district_number", "address", "phone")
+CONTENTS = st.builds(
+    lambda known, extra: {**extra, **known},
+    st.fixed_dictionaries({}, optional={k: st.one_of(STRINGS, STRINGS, HOSTILE) for k in DISTRICT_FIELDS}),
+    st.one_of(st.just({}), st.just({}), st.dictionaries(st.one_of(WITH_NUL, ODD), HOSTILE, max_size=2)))
+
+
+@HOSTILE_SETTINGS
+@given(data=CONTENTS, action=st.sampled_from(["add", "change"]))
+def test_hostile_event_contents(env: Env, data: dict[str, Any], action: str) -> None:
+    """A well-formed event whose record values (and sometimes keys) are hostile: what reaches the state's
+    columns."""
+    _to_receiver(env, "event", event(data=data, action=action), "event contents")
 
 
 @HOSTILE_SETTINGS
@@ -261,14 +312,14 @@ def test_hostile_markers(env: Env, doc: dict[str, Any]) -> None:
 @given(doc=mutated(lambda: {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "request_id": rid(), "year": 2027,
                             "error": None, "objects": [{"object": "District", "district": 1, "state": 1,
                                                         "details": {"state_only": []}}]},
-                   ["objects/object", "objects/district", "objects/details", "objects/details/state_only"]))
+                   [("objects", 0, "details", "mismatched"), ("objects", 0, "error"), ("objects", 0, "x\x00")]))
 def test_hostile_verify_reports(env: Env, doc: dict[str, Any]) -> None:
     _to_receiver(env, "verify_report", doc)
 
 
 @HOSTILE_SETTINGS
 @given(doc=mutated(lambda: {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "request": rid(),
-                            "objects": ["District"], "year": 2027}, []))
+                            "objects": ["District"], "year": 2027}))
 def test_hostile_manifest_requests(env: Env, doc: dict[str, Any]) -> None:
     _to_receiver(env, "manifest_request", doc)
 
@@ -290,22 +341,36 @@ def _to_agent(env: Env, queue: str, kind: str, doc: dict[str, Any], decode: Call
 @HOSTILE_SETTINGS
 @given(doc=mutated(lambda: {"v": 1, "district": D1, "acks": [
     {"msg_id": rid(), "status": "error", "object": "School", "ref_id": rid(), "batch": rid(),
-     "error": {"category": 9, "code": "9.1", "desc": "parent missing", "extended": ""}}]},
-    ["acks/msg_id", "acks/object", "acks/batch", "acks/error", "acks/error/desc", "acks/error/code"]))
+     "error": {"category": 9, "code": "9.1", "desc": "parent missing", "extended": ""}},
+    {"msg_id": rid(), "status": "ok", "object": "District", "ref_id": rid(), "batch": None}]},
+    [("acks", 0, "x\x00")]))
 def test_hostile_ack_packs(env: Env, doc: dict[str, Any]) -> None:
     _to_agent(env, "acks", "acks", doc, decode_acks)
 
 
 @HOSTILE_SETTINGS
+@given(texts=st.lists(st.tuples(STRINGS, st.one_of(STRINGS, st.none())), min_size=1, max_size=5))
+def test_hostile_ack_texts(env: Env, texts: list[tuple[str, str | None]]) -> None:
+    """Well-formed error acks whose descriptions are hostile text: the state's own words reach the district's
+    logs, cleaned, and are counted."""
+    pack = {"v": 1, "district": D1, "acks": [
+        {"msg_id": rid(), "status": "error", "object": "District", "ref_id": rid(), "batch": None,
+         "error": {"category": 9, "code": "9.1", "desc": desc, "extended": extended}} for desc, extended in texts]}
+    _to_agent(env, "acks", "acks", pack, decode_acks)
+    for ack in pack["acks"]:
+        assert env.until("the ack in the agent log", lambda a=ack: env.logged(a["msg_id"]))["code"] == "9.1"
+
+
+@HOSTILE_SETTINGS
 @given(doc=mutated(lambda: {"v": 1, "request": rid(), "object": "District", "part": 0, "last": True,
-                            "entries": ref(1) + "0123456789abcdef", "error": None}, []))
+                            "entries": ref(1) + "0123456789abcdef", "error": None}))
 def test_hostile_manifest_parts(env: Env, doc: dict[str, Any]) -> None:
     _to_agent(env, "acks", "manifest", doc, decode_manifest_part)
 
 
 @HOSTILE_SETTINGS
 @given(doc=mutated(lambda: {"v": 1, "msg_id": rid(), "ts": TS, "source": "state", "request_id": rid(),
-                            "objects": ["NoSuchObject"], "year": "current", "requested_by": "state"}, []),
+                            "objects": ["NoSuchObject"], "year": "current", "requested_by": "state"}),
        kind=st.sampled_from(["resync_request", "verify_request"]))
 def test_hostile_control_requests(env: Env, doc: dict[str, Any], kind: str) -> None:
     _to_agent(env, "control", kind, doc, decode_request)
@@ -324,6 +389,7 @@ def _answer(env: Env, doc: dict[str, Any], kind: str = "event") -> dict[str, Any
 @pytest.mark.parametrize(("kind", "doc", "code"), [
     ("event", event("School", parents={"District": ref(1), "Dis\x00trict": ref(1)}), "1.2"),
     ("event", event(batch="B" * 40), "1.3"),
+    ("event", event(data={"name": "a\x00b"}), "1.6"),
     ("event", event(ts="9999-12-31T23:59:59Z"), "1.2"),
     ("event", event(ts="zzz"), "1.2"),
     ("marker", {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "batch": rid(), "kind": "object_end",
@@ -334,7 +400,7 @@ def _answer(env: Env, doc: dict[str, Any], kind: str = "event") -> dict[str, Any
                        "objects": [], "error": None}, "1.8"),
     ("manifest_request", {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "request": rid(), "objects": ["O" * 100],
                           "year": 2027}, "1.2"),
-], ids=["NUL in a parents key", "40-character batch", "ts in 9999", "ts zzz", "marker count 2**31",
+], ids=["NUL in a parents key", "40-character batch", "NUL in a value", "ts in 9999", "ts zzz", "marker count 2**31",
         "marker object of 100 characters", "verify report year 2**40", "manifest request object of 100 characters"])
 def test_each_example_is_answered_with_its_code(env: Env, kind: str, doc: dict[str, Any], code: str) -> None:
     row = _answer(env, doc, kind)
