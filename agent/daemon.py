@@ -46,7 +46,7 @@ from messages.text import clean
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 from resync.brokers import Broker, Delivery, Topology
 from resync.brokers.base import sender_of
-from resync.retry import TRANSIENT, run_forever
+from resync.retry import TRANSIENT, permanent, run_forever
 from resync.settings import Settings
 
 log = structlog.get_logger()
@@ -241,9 +241,8 @@ class Agent:
         failure that retrying cannot cure is narrowed down by halves to the delivery that causes it."""
         try:
             return self._handle(deliveries)
-        except TRANSIENT:
-            raise
         except Exception as e:
+            permanent(e)
             if len(deliveries) > 1:
                 half = len(deliveries) // 2
                 return self._take(deliveries[:half]) + self._take(deliveries[half:])

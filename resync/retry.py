@@ -22,6 +22,17 @@ def as_retriable(e: BaseException) -> BaseException:
     return e
 
 
+def permanent(e: Exception) -> Exception:
+    """``e`` when retrying cannot cure it. A transient failure (a lost connection, a database that went away)
+    is raised instead, in its retriable form, for the daemon to reconnect and try again."""
+    if isinstance(e, TRANSIENT):
+        raise e
+    transient = as_retriable(e)
+    if transient is not e:
+        raise transient from e
+    return e
+
+
 def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_wait: float = 15.0) -> None:
     """Call ``step`` until ``stop`` is set, reconnecting with backoff whenever it fails transiently."""
 

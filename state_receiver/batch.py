@@ -30,7 +30,7 @@ from messages.errors import Category, Code, DecodeError, RecordError
 from messages.text import clean
 from resync.brokers import Delivery
 from resync.brokers.base import sender_of
-from resync.retry import as_retriable
+from resync.retry import permanent
 from resync.settings import Settings
 from state_receiver.apply import Incoming, apply, log_errors
 from state_receiver.schema import StateSchema
@@ -154,7 +154,7 @@ class DistrictBatch:
         try:
             return self._transaction(district, events, rejected, [n for _, n in notices], now)
         except Exception as e:
-            failure = self._permanent(e)
+            failure = permanent(e)
         log.warning("transaction refused; splitting it to find the record", district=district, records=len(events),
                     error=clean(str(failure), 300))
         acks = self._bisect(district, events, now, failure)
@@ -162,14 +162,13 @@ class DistrictBatch:
             try:
                 self._transaction(district, [], rejected, [], now)
             except Exception as e:
-                log.error("error log could not be written", district=district, error=clean(str(self._permanent(e)),
-                                                                                           300))
+                log.error("error log could not be written", district=district, error=clean(str(permanent(e)), 300))
         for d, notice in notices:
             try:
                 self._transaction(district, [], [], [notice], now)
             except Exception as e:
                 reason = f"[11/{Code.APPLY_FAILED}] the state could not store this {d.type}: " \
-                         f"{clean(str(self._permanent(e)), 500)}"
+                         f"{clean(str(permanent(e)), 500)}"
                 out.dead.append((d, reason))
                 log.error("message dead-lettered", district=district, reason=reason, **describe(d))
         return acks
@@ -183,7 +182,7 @@ class DistrictBatch:
             try:
                 acks += self._transaction(district, part, [], [], now)
             except Exception as e:
-                acks += self._bisect(district, part, now, self._permanent(e))
+                acks += self._bisect(district, part, now, permanent(e))
         return acks
 
     def _refused(self, district: str, item: Incoming, failure: BaseException, now: str) -> Ack:
@@ -195,7 +194,7 @@ class DistrictBatch:
         try:
             self._transaction(district, [], [(e.msg_id, e.object, e.ref_id, info)], [], now)
         except Exception as again:
-            log.error("error log could not be written", district=district, error=clean(str(again), 300))
+            log.error("error log could not be written", district=district, error=clean(str(permanent(again)), 300))
         return Ack(e.msg_id, "error", info, e.object, e.ref_id, e.batch)
 
     def _transaction(self, district: str, events: list[Incoming], rejected: list[Rejected], notices: list[Notice],
@@ -208,11 +207,3 @@ class DistrictBatch:
             if notices:
                 self.store_notices(db, district, notices, now)
             return acks
-
-    @staticmethod
-    def _permanent(e: Exception) -> Exception:
-        """``e`` if retrying cannot cure it; a transient failure is raised for the daemon to reconnect."""
-        transient = as_retriable(e)
-        if transient is not e:
-            raise transient from e
-        return e

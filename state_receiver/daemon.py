@@ -42,7 +42,7 @@ from messages.manifest import ENTRY
 from messages.text import clean
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.db import insert
-from resync.retry import TRANSIENT, as_retriable, run_forever
+from resync.retry import permanent, run_forever
 from resync.settings import Settings
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
@@ -131,12 +131,8 @@ class Receiver:
         cannot cure is narrowed down by halves to the one delivery that causes it, which is dead-lettered."""
         try:
             return self._work(deliveries)
-        except TRANSIENT:
-            raise
         except Exception as e:
-            failure = as_retriable(e)
-            if failure is not e:
-                raise failure from e
+            permanent(e)
             if len(deliveries) == 1:
                 reason = f"[11/11.1] the state failed on this message: {clean(f'{type(e).__name__}: {e}', 500)}"
                 log.exception("message dead-lettered", reason=reason, **describe(deliveries[0]))
@@ -192,12 +188,8 @@ class Receiver:
                 sent += len(part.entries) // ENTRY
                 if part.last:
                     done.add(part.object)
-        except TRANSIENT:
-            raise
         except Exception as e:
-            failure = as_retriable(e)
-            if failure is not e:
-                raise failure from e
+            permanent(e)
             log.exception("manifest failed", district=district, request=request.request)
             for name in dict.fromkeys(o for o in request.objects if o not in done):
                 part = ManifestPart(request.request, name, 0, True, "", clean(f"the state could not list {name}: {e}",
