@@ -136,8 +136,7 @@ class Agent:
                 name = obj["object"]
                 if obj["started_at"] is None:
                     self.store.set_object(batch_id, name, started_at=now_ts())
-                already = obj["sent"] - self.store.not_sent(batch_id, name)
-                sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=already,
+                sent = pub.publish_object(batch_id, name, year, after=obj["last_ref_id"], already=obj["sent"],
                                           progress=self._progress(batch_id, name), should_stop=should_stop,
                                           pace=pace)
                 if sent is None:
@@ -176,7 +175,7 @@ class Agent:
                                      should_stop=should_stop, pace=pace)
             if sent is None:
                 return False
-            pub.end_object(batch_id, name, year, obj["sent"] - self.store.not_sent(batch_id, name) + sent, delta=True)
+            pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
             self.store.set_object(batch_id, name, sent_at=now_ts())
         return True
 
@@ -227,7 +226,7 @@ class Agent:
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
                 for d, reason in self._take(deliveries):
-                    conn.dead_letter(d, reason)
+                    conn.dead_letter(d, reason, sender_of(d, self.settings.state_user))
                     log.warning("message dead-lettered", reason=reason, queue=d.queue, message_id=d.message_id,
                                 sender=d.user_id, type=d.type)
                 if deliveries:
@@ -253,12 +252,15 @@ class Agent:
 
     def _handle(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
         dead: list[tuple[Delivery, str]] = []
+        errors: list[tuple[str, int, str]] = []  # written once the rest is stored: a retried half writes them once
         acks, parts = [], []
         for d in deliveries:
             refused = self._refuse_sender(d)
-            if refused is None and d.queue == Topology.control(self.district):
+            if refused is not None:
+                errors.append((refused, 4, Code.WRONG_SOURCE))
+            elif d.queue == Topology.control(self.district):
                 refused = self._control(d)
-            elif refused is None:
+            else:
                 try:
                     if d.dropped:
                         raise DecodeError(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
@@ -269,8 +271,7 @@ class Agent:
                         acks.extend(decode_acks(d.body).acks)
                 except DecodeError as e:
                     refused = f"unreadable ack message: {e.desc}"
-                    self.store.log_error(f"unreadable ack message dead-lettered: {e.desc}",
-                                         category=int(e.category), code=e.code)
+                    errors.append((f"unreadable ack message dead-lettered: {e.desc}", int(e.category), e.code))
             if refused:
                 dead.append((d, refused))
         if parts:
@@ -281,18 +282,19 @@ class Agent:
                 # every answer, replays too: a record resent after a reconnect is answered by a replay
                 self._answered += len(acks)
                 self._answers.notify_all()
+        for description, category, code in errors:
+            self.store.log_error(description, category=category, code=code)
         return dead
 
     def _refuse_sender(self, d: Delivery) -> str | None:
-        """Acks, manifests and requests count only from the state's broker identity; anything else is
-        logged, and the reason returned for the dead-letter queue."""
+        """Acks, manifests and requests count only from the state's broker identity; for anything else, the
+        reason to log and to give the dead-letter queue."""
         sender = sender_of(d, self.settings.state_user)
-        if sender == self.settings.state_user:
+        if sender == self.settings.state_user and not d.unreadable:
             return None
         what = "control message" if d.queue == Topology.control(self.district) else "ack message"
         reason = (f"{what} from broker user {clean(repr(sender), 80)} rejected: only the state "
-                  f"({self.settings.state_user!r}) may send it")
-        self.store.log_error(reason, category=4, code=Code.WRONG_SOURCE)
+                  f"({self.settings.state_user!r}) may send it" + (f"; {d.unreadable}" if d.unreadable else ""))
         log.warning(f"{what} rejected", user=sender, queue=d.queue, message_id=d.message_id)
         return reason
 

@@ -22,7 +22,6 @@ from sqlalchemy import (
 )
 
 from messages.envelope import Ack, new_id, now_ts
-from messages.errors import Code
 from messages.text import clean
 from resync.db import create_all, insert_many
 
@@ -217,13 +216,6 @@ class AgentStore:
                      "description": a.error.desc, "extended": a.error.extended}
                     for a in failed if a.error is not None])
         return len(fresh)
-
-    def not_sent(self, batch_id: str, name: str) -> int:
-        """Records of this batch and object the agent refused to send (too large): handled, never published."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(agent_log).where(
-                agent_log.c.batch_id == batch_id, agent_log.c.object == name,
-                agent_log.c.code == Code.NOT_SENT_TOO_LARGE)).scalar_one())
 
     def log_error(self, description: str, *, batch_id: str | None = None, obj: str | None = None,
                   category: int | None = None, code: str | None = None, extended: str = "") -> None:

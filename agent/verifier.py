@@ -16,17 +16,16 @@ from agent.status import pick_objects
 from agent.store import STATE, AgentStore
 from agent.verify import VerifyStore, compare_run
 from messages.catalog import Catalog
-from messages.codec import REPORT_REFS, encode_manifest_request, encode_verify_report
+from messages.codec import MAX_TEXT, REPORT_REFS, encode_manifest_request, encode_verify_report
 from messages.envelope import Kind, ManifestPart, ManifestRequest, ResyncRequest, VerifyReport, now_ts, stable_id
 from messages.errors import ConfigError, FatalError
 from messages.manifest import Comparison
+from messages.text import clean
 from resync.brokers import Broker, Topology
 from resync.retry import TRANSIENT
 from resync.settings import Settings
 
 log = structlog.get_logger()
-
-"""Differing ref_ids per kind and object that a report to the state names (the counts are always whole)."""
 
 
 class Verifier:
@@ -39,7 +38,14 @@ class Verifier:
         self._parts = threading.Condition()  # notified as manifest parts come in
 
     def on_parts(self, parts: list[ManifestPart]) -> None:
-        self.runs.add_parts(parts)
+        """Keep the parts of verifications waiting for them; a part of anything else is dropped (logged)."""
+        waiting = {r for r in {p.request for p in parts} if (run := self.runs.run(r)) and run["status"] == "requested"}
+        stray = [p for p in parts if p.request not in waiting]
+        if stray:
+            log.warning("manifest parts for no verification waiting for them dropped", parts=len(stray),
+                        requests=sorted({p.request for p in stray})[:5])
+        if waiting:
+            self.runs.add_parts([p for p in parts if p.request in waiting])
         with self._parts:
             self._parts.notify_all()
 
@@ -139,7 +145,7 @@ class Verifier:
         """Send the state the outcome of the verification it asked for (the same id each time: a report sent
         twice is filed once)."""
         report = VerifyReport(stable_id(request_id, "report"), now_ts(), self.district, request_id, year, objects,
-                              error)
+                              None if error is None else clean(error, MAX_TEXT))
         with self.broker.connect() as conn:
             conn.publish(Topology.events(self.district), encode_verify_report(report), kind=Kind.VERIFY_REPORT,
                          message_id=report.msg_id)

@@ -109,6 +109,10 @@ class RecordError(ResyncError):
 
 class DecodeError(RecordError):
     """The message does not follow the contract. ``msg_id`` is set when the body named a valid one,
-    so the sender can still be answered."""
+    so the sender can still be answered; ``object``, ``ref_id`` and ``batch`` when it validly named them, so
+    the sender can count the answer against its batch."""
 
     msg_id: str | None = None
+    object: str | None = None
+    ref_id: str | None = None
+    batch: str | None = None

@@ -86,8 +86,10 @@ class ObjectPublisher:
         pace: Pace | None = None,
     ) -> int | None:
         """Publish every record of ``name`` for ``year`` (year-scoped objects only), then an end marker that
-        counts every record the batch published of it (``already`` were published before a restart). Returns
-        how many were published now, or None if ``should_stop`` stopped it (no end marker then)."""
+        counts every record the batch handled of it (``already`` before a restart), sent or refused as too
+        large: the state then answers fewer than the marker counts and keeps the object's older records
+        instead of sweeping them. Returns how many were handled now, or None if ``should_stop`` stopped it (no
+        end marker then)."""
         pages = rows(self.engine, self.schema, name, year, after=after)
         sent = self.publish_pages(batch, name, year, pages, progress=progress, should_stop=should_stop, pace=pace)
         if sent is not None:
@@ -110,15 +112,15 @@ class ObjectPublisher:
         should_stop: Callable[[], bool] = lambda: False,
         pace: Pace | None = None,
     ) -> int | None:
-        """Publish one event per row (for a delete, rows need only a ``ref_id``); returns how many, or None
-        if ``should_stop`` stopped it first. A record whose message would be over ``max_body`` is not sent but
-        told to ``refused``: ``progress`` counts it among the records handled, the return value does not."""
+        """Publish one event per row (for a delete, rows need only a ``ref_id``); returns how many were handled,
+        or None if ``should_stop`` stopped it first. A record whose message would be over ``max_body`` is not
+        sent but told to ``refused``, and counted as handled."""
         obj = self.catalog.get(name)
         refs = [(p, ref_column(p)) for p in obj.references]
         cols = fields(name)
         event_year = year if obj.year_scoped else None
         deleting = action is Action.DELETE
-        sent = refused = 0
+        sent = 0
         unconfirmed: deque[tuple[int, int, str]] = deque()  # per chunk: published count, records, last ref_id
 
         def settle(keep: int) -> None:
@@ -155,7 +157,6 @@ class ObjectPublisher:
                 )
                 body = encode_event(event)
                 if len(body) > self.max_body:
-                    refused += 1
                     if self.refused is not None:
                         self.refused(event, len(body))
                     continue
@@ -163,7 +164,7 @@ class ObjectPublisher:
             unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
             settle(1)
         settle(0)
-        return sent - refused
+        return sent
 
     def marker(
         self,

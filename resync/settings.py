@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -157,11 +158,10 @@ class Settings:
         offsets = {"previous": -1, "next": 1}
         if isinstance(value, str) and value in offsets:
             year = self.school_year + offsets[value]
+        elif isinstance(value, int) or re.fullmatch(r"[0-9]{4}", value):
+            year = int(value)
         else:
-            try:
-                year = int(value)
-            except ValueError:
-                raise ConfigError(f"--year {value!r}: use current, previous, next or a year like 2027") from None
+            raise ConfigError(f"--year {str(value)[:40]!r}: use current, previous, next or a year like 2027")
         if year not in self.synced_years:
             allowed = ", ".join(str(y) for y in sorted(self.synced_years))
             raise ConfigError(f"school year {year} is not synced by this district (synced: {allowed}; "

@@ -25,7 +25,7 @@ from messages.codec import (
     decode_marker,
     decode_verify_report,
 )
-from messages.envelope import REFID, Ack, ErrorInfo, Kind, ManifestRequest, Marker, VerifyReport
+from messages.envelope import REFID, Ack, ErrorInfo, Event, Kind, ManifestRequest, Marker, MarkerKind, VerifyReport
 from messages.errors import Category, Code, DecodeError, RecordError
 from messages.text import clean
 from resync.brokers import Delivery
@@ -39,6 +39,12 @@ log = structlog.get_logger()
 Notice = Marker | VerifyReport
 Rejected = tuple[str | None, str | None, str | None, ErrorInfo]
 MarkerStore = Callable[[Any, str, list[Notice], str], None]
+
+
+class SenderRefused(RecordError):
+    """The broker user may not send for this district (or is unknown). Such a message is set aside, never
+    answered: an answer would go to the district's ack queue under a msg_id the sender chose, where it could
+    take the place of the district's real answer."""
 
 
 @dataclass
@@ -95,33 +101,40 @@ class DistrictBatch:
 
     def _reject(self, district: str, d: Delivery, e: RecordError, answers: list[Ack | Incoming],
                 rejected: list[Rejected], out: Outcome) -> None:
-        # answer by the body's msg_id, else by the AMQP message_id the sender stamped
-        msg_id = e.msg_id if isinstance(e, DecodeError) else None
+        # answer by the body's msg_id, else by the AMQP message_id the sender stamped; with the record it names,
+        # so the district counts the answer against its batch
+        decoded = e if isinstance(e, DecodeError) else DecodeError(e.category, e.code, e.desc)
+        msg_id = decoded.msg_id
         if msg_id is None and REFID.match(d.message_id or ""):
             msg_id = d.message_id
         info = ErrorInfo(int(e.category), e.code, clean(e.desc, 1000), clean(e.extended, 1000))
         rejected.append((msg_id, None, None, info))
-        if msg_id is None:
-            reason = f"[{int(e.category)}/{e.code}] {info.desc}; no msg_id to answer"
+        if msg_id is None or isinstance(e, SenderRefused):
+            reason = f"[{int(e.category)}/{e.code}] {info.desc}" + ("" if msg_id else "; no msg_id to answer")
             out.dead.append((d, reason))
             log.warning("message dead-lettered", district=district, code=e.code, reason=reason, **describe(d))
         else:
-            answers.append(Ack(msg_id, "error", info))
+            # a record is counted against its batch by what it names; nothing else is a record to count
+            record = (decoded.object, decoded.ref_id, decoded.batch) if d.type == Kind.EVENT else (None, None, None)
+            answers.append(Ack(msg_id, "error", info, *record))
 
     def _decode(self, district: str, d: Delivery) -> Incoming | Notice | ManifestRequest:
+        if d.unreadable:  # nor who sent it: set aside, not answered
+            raise RecordError(Category.GENERIC_MESSAGE, Code.BAD_ENCODING, "the message cannot be read",
+                              d.unreadable)
         if d.user_id is None:
-            raise RecordError(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
+            raise SenderRefused(Category.ACCESS, Code.NO_USER, "message has no user_id; the sender is unknown")
         sender = sender_of(d, self.settings.state_user)
         if sender != self.settings.user_for(district):
-            raise RecordError(Category.ACCESS, Code.WRONG_SOURCE,
-                              f"broker user {clean(repr(sender), 80)} may not send for district {district!r}")
+            raise SenderRefused(Category.ACCESS, Code.WRONG_SOURCE,
+                                f"broker user {clean(repr(sender), 80)} may not send for district {district!r}")
         limit = self.settings.max_body if d.type == Kind.EVENT else MAX_MESSAGE
-        if d.dropped or len(d.body) > limit:
+        if d.dropped:  # let go unread: only the AMQP message_id can name it
             raise RecordError(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
-                              f"message body of {d.dropped or len(d.body)} bytes is over the limit of {limit} bytes")
+                              f"message body of {d.dropped} bytes is over the limit of {limit} bytes")
         message_id = d.message_id if REFID.match(d.message_id or "") else None
         if d.type == Kind.MARKER:
-            return decode_marker(d.body, message_id=message_id)
+            return self._within_years(decode_marker(d.body, message_id=message_id))
         if d.type == Kind.MANIFEST_REQUEST:
             return decode_manifest_request(d.body, message_id=message_id)
         if d.type == Kind.VERIFY_REPORT:
@@ -131,18 +144,30 @@ class DistrictBatch:
                               f"message type {clean(repr(d.type), 60)} is not accepted on an event queue")
         event = decode_event(d.body, self.catalog, max_size=limit, message_id=message_id)
         if event.year is not None and event.year not in self.settings.synced_years:
-            self._refuse(event.msg_id, Category.VALIDATION, Code.BAD_YEAR,
+            self._refuse(event, Category.VALIDATION, Code.BAD_YEAR,
                          f"school year {event.year} is not synced (synced: "
                          f"{', '.join(map(str, sorted(self.settings.synced_years)))})")
         if event.source != district:
-            self._refuse(event.msg_id, Category.ACCESS, Code.WRONG_SOURCE,
+            self._refuse(event, Category.ACCESS, Code.WRONG_SOURCE,
                          f"source {event.source!r} does not match the sending district {district!r}")
         return Incoming(event, content_digest(event))
 
+    def _within_years(self, m: Marker) -> Marker:
+        """A marker may close (and so sweep) only a year the district syncs, and a year-scoped object's end
+        names its year: a sweep reaches no further than the district's records could."""
+        scoped = (m.kind is MarkerKind.OBJECT_END and m.object is not None and m.object in self.catalog
+                  and self.catalog.get(m.object).year_scoped)
+        if (m.year is not None and m.year not in self.settings.synced_years) or (scoped and m.year is None):
+            err = DecodeError(Category.VALIDATION, Code.BAD_YEAR, f"marker for school year {m.year}, which is not "
+                              f"synced (synced: {', '.join(map(str, sorted(self.settings.synced_years)))})")
+            err.msg_id = m.msg_id
+            raise err
+        return m
+
     @staticmethod
-    def _refuse(msg_id: str, category: Category, code: str, desc: str) -> None:
+    def _refuse(event: Event, category: Category, code: str, desc: str) -> None:
         err = DecodeError(category, code, desc)
-        err.msg_id = msg_id
+        err.msg_id, err.object, err.ref_id, err.batch = event.msg_id, event.object, event.ref_id, event.batch
         raise err
 
     # storing ------------------------------------------------------------------------------------
@@ -157,7 +182,13 @@ class DistrictBatch:
             failure = permanent(e)
         log.warning("transaction refused; splitting it to find the record", district=district, records=len(events),
                     error=clean(str(failure), 300))
-        acks = self._bisect(district, events, now, failure)
+        if rejected or notices:  # the failure may be the bookkeeping's: the records are tried on their own first
+            try:
+                acks = self._transaction(district, events, [], [], now) if events else []
+            except Exception as e:
+                acks = self._bisect(district, events, now, permanent(e))
+        else:
+            acks = self._bisect(district, events, now, failure)
         if rejected:
             try:
                 self._transaction(district, [], rejected, [], now)

@@ -16,7 +16,9 @@ for more, so what it holds is bounded in bytes as well as in count, whatever sen
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,6 +43,7 @@ from messages.envelope import (
 from messages.manifest import ENTRY
 from messages.text import clean
 from resync.brokers import Broker, Connection, Delivery, Topology
+from resync.brokers.base import sender_of
 from resync.db import insert
 from resync.retry import permanent, run_forever
 from resync.settings import Settings
@@ -54,6 +57,22 @@ log = structlog.get_logger()
 ACKS_PER_MESSAGE = 1000
 HELD_BYTES = 16 * 1024 * 1024
 """Bodies one delivery batch may hold; two batches are in hand at a time."""
+MANIFEST_REPEAT = 600.0
+"""Seconds during which a manifest request already answered is not answered again (a district that asks
+many times gets one manifest; after a receiver restart, the request is answered anew)."""
+PACK_BYTES = MAX_MESSAGE // 2
+"""An ack message stays well under the broker's message-size limit, however long the errors' texts."""
+
+
+def _packs(district: str, acks: list[Ack]) -> Iterator[tuple[bytes, str]]:
+    """The acks as ack messages (body, message id), halved until each fits ``PACK_BYTES``."""
+    body = encode_acks(AckPack(district, acks))
+    if len(body) <= PACK_BYTES or len(acks) == 1:
+        yield body, acks[0].msg_id
+        return
+    half = len(acks) // 2
+    yield from _packs(district, acks[:half])
+    yield from _packs(district, acks[half:])
 
 
 @dataclass
@@ -83,6 +102,7 @@ class Receiver:
         self.districts = settings.receiver_districts
         self.applied = 0
         self.batch = DistrictBatch(settings, engine, self.schema, catalog, self._markers)
+        self._manifested: dict[tuple[str, str], float] = {}  # (district, request) -> when answered
 
     def setup(self) -> None:
         self.schema.create(self.engine)
@@ -165,17 +185,23 @@ class Receiver:
         out = out or conn
         for district, acks in answers.acks.items():
             for i in range(0, len(acks), ACKS_PER_MESSAGE):
-                out.publish(
-                    Topology.acks(district),
-                    encode_acks(AckPack(district, acks[i : i + ACKS_PER_MESSAGE])),
-                    kind=Kind.ACKS,
-                    message_id=acks[i].msg_id,
-                )
+                for body, first in _packs(district, acks[i : i + ACKS_PER_MESSAGE]):
+                    out.publish(Topology.acks(district), body, kind=Kind.ACKS, message_id=first)
         for d, reason in answers.dead:
-            out.dead_letter(d, reason)
+            out.dead_letter(d, reason, sender_of(d, self.settings.state_user))
+        now = time.monotonic()
+        self._manifested = {k: t for k, t in self._manifested.items() if now - t < MANIFEST_REPEAT}
+        answered = set()
         for district, request in answers.manifests:
+            key = (district, request.request)
+            if key in self._manifested or key in answered:
+                log.warning("manifest request repeated; not answered again", district=district,
+                            request=request.request)
+                continue
+            answered.add(key)
             self._manifest(out, district, request)
         out.flush()
+        self._manifested.update(dict.fromkeys(answered, now))  # once the broker holds the manifest
         conn.ack(deliveries[-1].delivery_tag, multiple=True)
         self.applied += len(deliveries)
 

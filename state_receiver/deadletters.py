@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resync.brokers import Broker, Delivery, Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
+from resync.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER
 
 MAX_SCAN = 10_000
 
@@ -36,8 +36,8 @@ def origin(d: Delivery, state_user: str) -> Origin:
     """Where ``d`` came from and who sent it, as far as it can be believed."""
     death = (d.headers.get("x-death") or [{}])[0]
     queue = d.headers.get(ORIGIN) or (death.get("queue") if isinstance(death, dict) else None)
-    if d.user_id == state_user:  # set aside by the state's receiver, which recorded the first sender
-        return Origin(_text(queue), _text(d.headers.get(SENDER)) or d.user_id)
+    if d.user_id == state_user and SENDER in d.headers:  # set aside by the state, which recorded the first sender
+        return Origin(_text(queue), _text(d.headers[SENDER]))  # an empty record: the sender was not known
     return Origin(_text(queue), d.user_id)
 
 
@@ -55,7 +55,7 @@ def _describe(d: Delivery, state_user: str) -> dict[str, Any]:
         "sender": where.sender,
         "type": d.type,
         "reason": _text(d.headers.get(REASON)) or ((d.headers.get("x-death") or [{}])[0] or {}).get("reason"),
-        "bytes": len(d.body),
+        "bytes": d.headers.get(DROPPED) or len(d.body),
         "body": d.body[:200].decode("utf-8", "replace"),
     }
 
@@ -81,6 +81,8 @@ def refusal(where: Origin, state_user: str) -> str | None:
     """Why a message from ``where`` may not be put back, or None."""
     if where.queue is None:
         return "it does not say which queue it came from"
+    if where.sender is None:
+        return "its first sender is not known: put back, it would pass for the state's own"
     if where.queue.startswith(("control.", "acks.")) and where.sender != state_user:
         return (f"it is a message to a district's agent from broker user {where.sender!r}, not from the state "
                 f"({state_user!r}); putting it back would make it the state's")
@@ -98,6 +100,10 @@ def requeue(broker: Broker, message_ids: set[str], state_user: str) -> Requeued:
                 continue
             where = origin(d, state_user)
             why = refusal(where, state_user)
+            if d.headers.get(DROPPED):
+                why = f"its body of {d.headers[DROPPED]} bytes was over the limit and was not kept"
+            if d.unreadable:
+                why = d.unreadable
             if why is not None:
                 done.refused[d.message_id] = why
                 continue

@@ -151,7 +151,7 @@ CASES: list[tuple[str, Callable[[], tuple[bytes, dict[str, Any]]], tuple[int, st
                                                                    "phone": "z" * 70_000})), {}),
      (12, Code.TOO_LARGE)),
     ("user_id does not match source", lambda: (orjson.dumps(event(source=D2)), {}), (4, Code.WRONG_SOURCE)),
-    ("no user_id", lambda: (orjson.dumps(event()), {"user_id": None}), (4, Code.NO_USER)),
+    ("no user_id: set aside, never answered", lambda: (orjson.dumps(event()), {"user_id": None}), None),
     ("control message on the event queue", lambda: (orjson.dumps(event()), {"kind": "resync_request"}),
      (12, Code.UNKNOWN_TYPE)),
     ("year outside the synced years", lambda: (orjson.dumps(event("Calendar", year=2019,

@@ -72,9 +72,10 @@ class Wire:
         self.ch = self.conn.channel()
         self.user = pika.URLParameters(url).credentials.username
 
-    def send(self, queue: str, body: bytes, *, kind: str, message_id: str | None) -> None:
+    def send(self, queue: str, body: bytes, *, kind: str | bytes, message_id: str | bytes | None,
+             user_id: str | None = "") -> None:
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2, type=kind,
-                                     user_id=self.user, message_id=message_id)
+                                     user_id=self.user if user_id == "" else user_id, message_id=message_id)
         self.ch.basic_publish("resync", queue, body, props)
 
     def depth(self, queue: str) -> int:
@@ -400,8 +401,15 @@ def _answer(env: Env, doc: dict[str, Any], kind: str = "event") -> dict[str, Any
                        "objects": [], "error": None}, "1.8"),
     ("manifest_request", {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "request": rid(), "objects": ["O" * 100],
                           "year": 2027}, "1.2"),
+    ("marker", {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "batch": rid(), "kind": "batch_end",
+                "object": None, "year": 2026, "count": None, "request": None}, "1.8"),
+    ("marker", {"v": 1, "msg_id": rid(), "ts": TS, "source": D1, "batch": rid(), "kind": "object_end",
+                "object": "Calendar", "year": None, "count": 0, "request": None}, "1.8"),
+    ("event", event("CourseCode", data={"credits": 999_999_999_999.996}), "1.6"),
 ], ids=["NUL in a parents key", "40-character batch", "NUL in a value", "ts in 9999", "ts zzz", "marker count 2**31",
-        "marker object of 100 characters", "verify report year 2**40", "manifest request object of 100 characters"])
+        "marker object of 100 characters", "verify report year 2**40", "manifest request object of 100 characters",
+        "marker of a year not synced (it would sweep it)", "year-scoped object end without a year",
+        "a decimal that rounds past its column"])
 def test_each_example_is_answered_with_its_code(env: Env, kind: str, doc: dict[str, Any], code: str) -> None:
     row = _answer(env, doc, kind)
     assert (row["status"], row["code"]) == ("error", code), row["description"]
@@ -480,3 +488,42 @@ def test_a_dead_daemon_is_named_by_queue_and_status(env: Env, tmp_path: Path) ->
     assert "no receiver is consuming sync.district-9" in " ".join(status.stdout.split())
     ours = json.loads(_cli(env, "queue", "--json").stdout)["warnings"]
     assert ours == []  # both daemons of district-1 are running
+
+
+@pytest.mark.parametrize("queue", [f"sync.{D1}", f"control.{D1}", f"acks.{D1}"])
+def test_amqp_properties_that_are_not_utf8_are_set_aside_not_fatal(env: Env, queue: str) -> None:
+    dead = env.dead()
+    env.intruder.send(queue, b"{}", kind=b"\xff\xfe", message_id=b"\xff\xfebad")
+    env.until("the unreadable message on the dead-letter queue", lambda: env.dead() > dead)
+    env.receiver_alive()
+    env.agent_alive()
+    listed = json.loads(_cli(env, "dead-letters", "--json", "--limit", "1000").stdout)  # the listing survives too
+    assert len(listed) == env.dead()
+
+
+def test_a_message_from_another_broker_user_is_never_answered_in_the_districts_name(env: Env) -> None:
+    """An answer would reach the district under a msg_id the intruder chose, in place of the real one."""
+    doc = event(data={"name": "forged"})
+    dead = env.dead()
+    env.intruder.send(f"sync.{D1}", dumps(doc), kind="event", message_id=doc["msg_id"])
+    env.until("the forged record on the dead-letter queue", lambda: env.dead() > dead)
+    env.receiver_alive()
+    assert env.logged(doc["msg_id"]) is None
+    assert _answer(env, doc)["status"] == "ok"  # the district's own message of that id is answered as usual
+
+
+def test_a_message_of_an_unknown_sender_cannot_be_requeued_as_the_states(env: Env) -> None:
+    request = {"v": 1, "msg_id": rid(), "ts": TS, "source": "state", "request_id": rid(), "objects": None,
+               "year": "current", "requested_by": "state"}
+    doc = event(data={"name": "anonymous"})
+    dead = env.dead()
+    env.intruder.send(f"control.{D1}", dumps(request), kind="resync_request", message_id=request["msg_id"],
+                      user_id=None)
+    env.intruder.send(f"sync.{D1}", dumps(doc), kind="event", message_id=doc["msg_id"], user_id=None)
+    env.until("both on the dead-letter queue", lambda: env.dead() >= dead + 2)
+    listed = {d["message_id"]: d for d in json.loads(_cli(env, "dead-letters", "--json", "--limit", "1000").stdout)}
+    assert listed[request["msg_id"]]["sender"] is None and listed[doc["msg_id"]]["sender"] is None
+    out = _cli(env, "dead-letters", "--json", "--requeue", request["msg_id"], "--requeue", doc["msg_id"])
+    result = json.loads(out.stdout)
+    assert out.returncode == 1 and result["requeued"] == []
+    assert all("not known" in why for why in result["refused"].values()) and len(result["refused"]) == 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, encode_event
@@ -71,12 +71,15 @@ def test_bad_messages_are_answered_or_dead_lettered_and_good_ones_applied(
 
 
 def test_a_record_the_database_refuses_gets_a_system_error_and_the_rest_still_apply(postgres_db: Any) -> None:
-    # SQLite stores any number; this value only poisons PostgreSQL
+    # a rule the state's database administrator added, which the codec cannot know
     db = engine(postgres_db())
     broker = MemoryBroker(user=D)
     r = Receiver(Settings(district=D), broker, db, CATALOG)
     r.setup()
-    poison = event("CourseCode", {"code": "MATH", "credits": 999_999_999_999.999})  # rounds past numeric(14,2)
+    with db.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {r.schema.tables['CourseCode'].name} ADD CONSTRAINT no_math "
+                          "CHECK (code <> 'MATH')"))
+    poison = event("CourseCode", {"code": "MATH", "credits": 1.0})
     fine = [event("CourseCode", {"code": f"C{i}", "credits": 1.0}) for i in range(3)]
     acks = deliver(r, broker, [encode_event(fine[0]), encode_event(poison), *map(encode_event, fine[1:])])
     by_id = {a.msg_id: a for a in acks}

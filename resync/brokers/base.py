@@ -15,6 +15,8 @@ EXCHANGE = "resync"
 DEAD_LETTER_EXCHANGE = "resync.dlx"
 DEAD_LETTER_QUEUE = "resync.dead-letter"
 REASON, ORIGIN, SENDER = "x-resync-reason", "x-resync-queue", "x-resync-user"
+DROPPED = "x-resync-dropped"
+"""On a dead letter whose body the transport let go: the size it had. Such a message cannot be put back."""
 DEFAULT_MAX_BODY = MAX_MESSAGE
 """The largest body a consumer keeps unless it says otherwise; the shipped broker configuration refuses
 larger messages anyway (``docker/rabbitmq.conf``)."""
@@ -67,13 +69,25 @@ class Delivery:
     dropped: int = 0
     """The size of a body the transport did not keep (``body`` is empty): it was over the consumer's
     ``max_body``, so an attacker's large messages cost this process nothing but their headers."""
+    unreadable: str | None = None
+    """Why the transport could not read the message's AMQP properties (then all of them are None)."""
 
+
+def dead_letter_headers(delivery: Delivery, reason: str, sender: str | None) -> dict[str, Any]:
+    """What a dead letter records: why, the queue it came from, who first sent it (``sender``, as the one
+    setting it aside judged it; else the broker user that delivered it) and, if the body was let go, its size."""
+    headers: dict[str, Any] = {REASON: reason[:1000], ORIGIN: delivery.queue,
+                               SENDER: sender if sender is not None else delivery.user_id or ""}
+    if delivery.dropped:
+        headers[DROPPED] = delivery.dropped
+    return headers
 
 def sender_of(delivery: Delivery, state_user: str) -> str | None:
     """Who sent ``delivery``: the broker user RabbitMQ validated, except that a message the state put back
     from the dead-letter queue names the user who first sent it (``resync dead-letters --requeue``)."""
-    if delivery.user_id == state_user and delivery.headers.get(SENDER):
-        return str(delivery.headers[SENDER])
+    if delivery.user_id == state_user and SENDER in delivery.headers:
+        first = delivery.headers[SENDER]
+        return first if isinstance(first, str) and first else None  # recorded as unknown: stays unknown
     return delivery.user_id
 
 
@@ -122,9 +136,10 @@ class Connection(abc.ABC):
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
 
     @abc.abstractmethod
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, sender: str | None = None) -> None:
         """Put a copy of ``delivery`` on the dead-letter queue with the reason, where it came from and who
-        sent it. The caller then acknowledges the delivery (after ``flush``), as for any other."""
+        first sent it (see ``dead_letter_headers``). The caller then acknowledges the delivery (after
+        ``flush``), as for any other."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

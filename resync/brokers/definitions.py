@@ -3,9 +3,10 @@
 Each district's user may publish only with its own routing key (a topic permission on the ``resync``
 exchange) and read only its own ack and control queues; the state's user reads every district's event
 queue and the dead-letter queue and publishes only acks and control messages. Neither may configure:
-the topology comes from this file. A policy bounds each district queue to ``QUEUE_BYTES`` and refuses
-publishes beyond it (the publisher's confirm fails and it retries later), so no sender can fill the
-broker; the message-size limit itself is a node setting, in ``docker/rabbitmq.conf``. Load the
+the topology comes from this file. A policy bounds each district's event queue to ``QUEUE_BYTES`` and
+refuses publishes beyond it (the agent's confirm fails and it retries later), so no district can fill
+the broker (ack queues are not bounded: a full one would stop the receiver for every district); the
+message-size limit itself is a node setting, in ``docker/rabbitmq.conf``. Load the
 definitions with ``rabbitmqctl import_definitions FILE`` or the management plugin's ``load_definitions``.
 """
 
@@ -21,9 +22,9 @@ from typing import Any
 from resync.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
 
 QUEUE_BYTES = 1024**3
-"""Per district queue. The agent keeps at most ``RESYNC_MAX_IN_FLIGHT`` records unanswered, so a full
+"""Per district event queue. The agent keeps at most ``RESYNC_MAX_IN_FLIGHT`` records unanswered, so a full
 queue means something is wrong; refusing more keeps one district from taking the broker's memory."""
-POLICY = {"name": "resync-queue-limits", "pattern": r"^(sync|acks|control)\.", "apply-to": "queues", "priority": 0,
+POLICY = {"name": "resync-event-queue-limits", "pattern": r"^sync\.", "apply-to": "queues", "priority": 0,
           "definition": {"max-length-bytes": QUEUE_BYTES, "overflow": "reject-publish"}}
 
 

@@ -17,14 +17,12 @@ from resync.brokers.base import (
     DEAD_LETTER_QUEUE,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_BYTES,
-    ORIGIN,
-    REASON,
-    SENDER,
     Broker,
     Connection,
     Delivery,
     QueueStats,
     Topology,
+    dead_letter_headers,
 )
 
 
@@ -150,12 +148,12 @@ class MemoryConnection(Connection):
         with self.broker.cond:
             self._settle(delivery_tag, multiple)
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, sender: str | None = None) -> None:
         self._check()
         with self.broker.cond:
             self.broker.queues[DEAD_LETTER_QUEUE].messages.append(_Message(
                 delivery.body, delivery.message_id or "", self.user, delivery.type or "",
-                headers={REASON: reason, ORIGIN: delivery.queue, SENDER: delivery.user_id or ""}))
+                headers=dead_letter_headers(delivery, reason, sender)))
             self.broker.cond.notify_all()
 
     def close(self) -> None:

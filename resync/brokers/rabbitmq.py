@@ -14,6 +14,7 @@ import base64
 import json
 import socket
 import ssl
+import struct
 import time
 import urllib.error
 import urllib.parse
@@ -34,14 +35,12 @@ from resync.brokers.base import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_BYTES,
     EXCHANGE,
-    ORIGIN,
-    REASON,
-    SENDER,
     Broker,
     Connection,
     Delivery,
     QueueStats,
     Topology,
+    dead_letter_headers,
 )
 from resync.brokers.frames import (
     BASIC_DELIVER,
@@ -149,6 +148,8 @@ class RabbitConnection(Connection):
         self._size = 0  # of the body being delivered
         self._max_body = DEFAULT_MAX_BODY
         self._held = 0  # bytes of the bodies in self._buffer
+        self._prefetch = -1
+        self._unreadable: str | None = None  # why the delivery being read has no properties
         self._confirming = False
         self.published = 0
         self._confirmed = 0
@@ -194,7 +195,8 @@ class RabbitConnection(Connection):
                 headers: Mapping[str, Any] | None = None, exchange: str = EXCHANGE) -> None:
         try:
             if not self._confirming:
-                self.channel.confirm_select()
+                # no wait for select-ok: py-amqp would read (and decode) deliveries meanwhile; see consume
+                self.channel.confirm_select(nowait=True)
                 self.channel.events["basic_ack"].add(self._on_ack)
                 self.channel.events["basic_nack"].add(self._on_nack)
                 self.channel.events["basic_return"].add(self._on_return)
@@ -253,7 +255,10 @@ class RabbitConnection(Connection):
             if self._delivering is not None:
                 if kind == HEADER:
                     self._remaining = self._size = body_size(payload)
-                    self._properties = decode_properties_basic(payload, 12)[0]
+                    try:
+                        self._properties, self._unreadable = decode_properties_basic(payload, 12)[0], None
+                    except (ValueError, struct.error, IndexError) as e:  # UnicodeDecodeError is a ValueError
+                        self._properties, self._unreadable = {}, f"its AMQP properties cannot be read: {e}"[:300]
                     self._body = []
                 elif kind == BODY:
                     if self._size <= self._max_body:  # an over-size body is read off the socket and let go
@@ -270,7 +275,7 @@ class RabbitConnection(Connection):
         tag, redelivered, routing_key = self._delivering
         dropped = self._size if self._size > self._max_body else 0
         self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties,
-                                      dropped))
+                                      dropped, self._unreadable))
         self._held += self._size - dropped
         self._body, self._delivering = [], None
 
@@ -298,11 +303,17 @@ class RabbitConnection(Connection):
         self._held += len(raw) - dropped
 
     def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
+        """``max_body`` holds for the whole connection (the last call's value)."""
         self._max_body = max_body
         try:
             self._send()
-            self.channel.basic_qos(0, prefetch, False)
-            self.channel.basic_consume(queue, callback=self._on_message, no_ack=False)
+            if prefetch != self._prefetch:
+                self.channel.basic_qos(0, prefetch, False)
+                self._prefetch = prefetch
+            # nowait: once a consumer runs, only _pump reads deliveries, and it survives properties py-amqp
+            # could not decode (a sender's non-UTF-8 message_id would raise inside py-amqp's own reader)
+            self.channel.basic_consume(queue, consumer_tag=f"resync.{queue}.{id(self):x}", callback=self._on_message,
+                                       no_ack=False, nowait=True)
         except _ERRORS as e:
             raise ConnectionClosed(f"cannot consume {queue}: {e}") from None
 
@@ -339,10 +350,10 @@ class RabbitConnection(Connection):
         except _ERRORS as e:
             raise ConnectionClosed(f"ack failed: {e}") from None
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        self.publish(DEAD_LETTER_QUEUE, delivery.body, kind=delivery.type or "", message_id=delivery.message_id or "",
-                     headers={REASON: reason[:1000], ORIGIN: delivery.queue, SENDER: delivery.user_id or ""},
-                     exchange=DEAD_LETTER_EXCHANGE)
+    def dead_letter(self, delivery: Delivery, reason: str, sender: str | None = None) -> None:
+        self.publish(DEAD_LETTER_QUEUE, delivery.body, kind=_short(delivery.type or ""),
+                     message_id=_short(delivery.message_id or ""),
+                     headers=dead_letter_headers(delivery, reason, sender), exchange=DEAD_LETTER_EXCHANGE)
 
     def close(self) -> None:
         if self._closed:
@@ -359,9 +370,16 @@ class RabbitConnection(Connection):
 
 
 def _delivery(body: bytes, tag: int, routing_key: str, redelivered: bool, props: Mapping[str, Any],
-              dropped: int = 0) -> Delivery:
+              dropped: int = 0, unreadable: str | None = None) -> Delivery:
+    headers = props.get("application_headers")
     return Delivery(body, tag, routing_key, _text(props.get("message_id")), _text(props.get("user_id")),
-                    _text(props.get("type")), redelivered, dict(props.get("application_headers") or {}), dropped)
+                    _text(props.get("type")), redelivered, dict(headers) if isinstance(headers, dict) else {},
+                    dropped, unreadable)
+
+
+def _short(value: str) -> str:
+    """At most an AMQP short string (255 bytes): a property read leniently can have grown past it."""
+    return value.encode("utf-8", "replace")[:255].decode("utf-8", "ignore")
 
 
 def _text(value: Any) -> str | None:
