@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -43,6 +44,18 @@ CLOCK_SKEW = dt.timedelta(hours=1)
 """How far ahead of the receiver's clock a message's ``ts`` may be: a record stamped later would
 outrank every change the district makes until then."""
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
+_CANONICAL = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z", re.ASCII)
+EARLIEST = EARLIEST_TS.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_window: list[Any] = [0.0, ""]  # (monotonic second, latest canonical ts then)
+
+
+def _latest() -> str:
+    """The latest canonical ``ts`` accepted now, worked out once a second (every record asks)."""
+    second = time.monotonic() // 1
+    if _window[0] != second:
+        latest = dt.datetime.now(dt.UTC) + CLOCK_SKEW
+        _window[:] = [second, latest.isoformat(timespec="milliseconds").replace("+00:00", "Z")]
+    return str(_window[1])
 
 
 def fail(category: Category, code: str, desc: str, extended: str = "", doc: Mapping[str, Any] | None = None,
@@ -167,6 +180,12 @@ class Fields:
         """An ISO 8601 instant with its offset, in a sane window, as the one canonical UTC form (so that
         comparing two as strings compares them in time)."""
         raw = self.get(name, str)
+        if now is None and _CANONICAL.match(raw) and EARLIEST <= raw <= _latest():
+            try:  # already canonical and in the window (as strings): only its calendar is left to check
+                dt.datetime.fromisoformat(raw)
+                return str(raw)
+            except ValueError:
+                pass
         try:
             when = dt.datetime.fromisoformat(raw) if len(raw) <= 40 else None
         except ValueError:
@@ -188,7 +207,8 @@ class Fields:
 
 
 VALID: dict[str, Callable[[Any], bool]] = {
-    "str": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT and storable(v),
+    # a string orjson decoded holds no lone surrogate (it refuses them): NUL is what is left to refuse
+    "str": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT and "\x00" not in v,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
     "bool": lambda v: isinstance(v, bool),
     # Numeric(14, 2): the value as the database rounds it must stay under 10^12

@@ -68,6 +68,7 @@ class DistrictBatch:
                  store_notices: MarkerStore) -> None:
         self.settings, self.engine, self.schema, self.catalog = settings, engine, schema, catalog
         self.store_notices = store_notices
+        self.years = frozenset(settings.synced_years)  # asked of every record: worked out once
         self.transactions = 0
         """Transactions begun, for the record: bisection's cost is counted in tests."""
 
@@ -143,10 +144,10 @@ class DistrictBatch:
             raise RecordError(Category.GENERIC_MESSAGE, Code.UNKNOWN_TYPE,
                               f"message type {clean(repr(d.type), 60)} is not accepted on an event queue")
         event = decode_event(d.body, self.catalog, max_size=limit, message_id=message_id)
-        if event.year is not None and event.year not in self.settings.synced_years:
+        if event.year is not None and event.year not in self.years:
             self._refuse(event, Category.VALIDATION, Code.BAD_YEAR,
                          f"school year {event.year} is not synced (synced: "
-                         f"{', '.join(map(str, sorted(self.settings.synced_years)))})")
+                         f"{', '.join(map(str, sorted(self.years)))})")
         if event.source != district:
             self._refuse(event, Category.ACCESS, Code.WRONG_SOURCE,
                          f"source {event.source!r} does not match the sending district {district!r}")
@@ -157,9 +158,9 @@ class DistrictBatch:
         names its year: a sweep reaches no further than the district's records could."""
         scoped = (m.kind is MarkerKind.OBJECT_END and m.object is not None and m.object in self.catalog
                   and self.catalog.get(m.object).year_scoped)
-        if (m.year is not None and m.year not in self.settings.synced_years) or (scoped and m.year is None):
+        if (m.year is not None and m.year not in self.years) or (scoped and m.year is None):
             err = DecodeError(Category.VALIDATION, Code.BAD_YEAR, f"marker for school year {m.year}, which is not "
-                              f"synced (synced: {', '.join(map(str, sorted(self.settings.synced_years)))})")
+                              f"synced (synced: {', '.join(map(str, sorted(self.years)))})")
             err.msg_id = m.msg_id
             raise err
         return m
