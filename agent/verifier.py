@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from agent.status import pick_objects
 from agent.store import STATE, AgentStore
-from agent.verify import VerifyStore, compare_run
+from agent.verify import PENDING, VerifyStore, compare_run
 from messages.catalog import Catalog
 from messages.codec import MAX_TEXT, REPORT_REFS, encode_manifest_request, encode_verify_report
 from messages.envelope import Kind, ManifestPart, ManifestRequest, ResyncRequest, VerifyReport, now_ts, stable_id
@@ -39,7 +39,8 @@ class Verifier:
 
     def on_parts(self, parts: list[ManifestPart]) -> None:
         """Keep the parts of verifications waiting for them; a part of anything else is dropped (logged)."""
-        waiting = {r for r in {p.request for p in parts} if (run := self.runs.run(r)) and run["status"] == "requested"}
+        # "queued" too: the request goes out before the run is marked requested, and the answer can come first
+        waiting = {r for r in {p.request for p in parts} if (run := self.runs.run(r)) and run["status"] in PENDING}
         stray = [p for p in parts if p.request not in waiting]
         if stray:
             log.warning("manifest parts for no verification waiting for them dropped", parts=len(stray),
