@@ -73,9 +73,10 @@ class Wire:
         self.user = pika.URLParameters(url).credentials.username
 
     def send(self, queue: str, body: bytes, *, kind: str | bytes, message_id: str | bytes | None,
-             user_id: str | None = "") -> None:
+             user_id: str | None = "", cc: list[str] | None = None) -> None:
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2, type=kind,
-                                     user_id=self.user if user_id == "" else user_id, message_id=message_id)
+                                     user_id=self.user if user_id == "" else user_id, message_id=message_id,
+                                     headers={"CC": cc} if cc else None)
         self.ch.basic_publish("resync", queue, body, props)
 
     def depth(self, queue: str) -> int:
@@ -527,3 +528,22 @@ def test_a_message_of_an_unknown_sender_cannot_be_requeued_as_the_states(env: En
     result = json.loads(out.stdout)
     assert out.returncode == 1 and result["requeued"] == []
     assert all("not known" in why for why in result["refused"].values()) and len(result["refused"]) == 2
+
+
+def test_a_message_is_judged_by_the_queue_it_came_from_not_by_its_routing_key(env: Env) -> None:
+    """With a CC header a message reaches queues its routing key does not name: the district is the queue's."""
+    dead = env.dead()
+    strange = event(data={"name": "by another route"})
+    env.intruder.send("sync.BAD_District", dumps(strange), kind="event", message_id=strange["msg_id"],
+                      cc=[f"sync.{D1}"])
+    env.until("the intruder's message on the dead-letter queue", lambda: env.dead() > dead)
+    ghost = event(source="district-9", data={"name": "ghost district"})
+    env.wire.send("sync.district-9", dumps(ghost), kind="event", message_id=ghost["msg_id"], cc=[f"sync.{D1}"])
+    row = env.until("the answer to the ghost record", lambda: env.logged(ghost["msg_id"]))
+    assert (row["status"], row["code"]) == ("error", "4.1")  # read from district-1's queue: not district-9's
+    env.receiver_alive()
+    t = STATE.tables["District"]
+    with env.state.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t).where(t.c.district_id != D1)).scalar_one() == 0
+    listed = {d["message_id"]: d for d in json.loads(_cli(env, "dead-letters", "--json", "--limit", "1000").stdout)}
+    assert listed[strange["msg_id"]]["queue"] == f"sync.{D1}"

@@ -64,13 +64,14 @@ def publish_frames(
     return b"".join(parts)
 
 
-def parse_deliver(payload: bytes) -> tuple[int, bool, str]:
-    """basic.deliver's arguments after the method id: (delivery tag, redelivered, routing key)."""
-    at = 4 + 1 + payload[4]  # consumer tag
+def parse_deliver(payload: bytes) -> tuple[int, bool, bytes]:
+    """basic.deliver's arguments after the method id: (delivery tag, redelivered, consumer tag). The consumer
+    tag, not the routing key, tells which queue a delivery came from: a sender chooses the routing key, and
+    with a CC or BCC header a message reaches queues its routing key does not name."""
+    at = 4 + 1 + payload[4]
+    consumer_tag = payload[5:at]
     tag, redelivered = _DELIVERY_TAG.unpack_from(payload, at)
-    at += 9
-    at += 1 + payload[at]  # exchange
-    return tag, bool(redelivered & 1), payload[at + 1 : at + 1 + payload[at]].decode()
+    return tag, bool(redelivered & 1), consumer_tag
 
 
 def body_size(header: bytes) -> int:

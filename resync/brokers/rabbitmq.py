@@ -141,7 +141,8 @@ class RabbitConnection(Connection):
         self._channel_id: int = self.channel.channel_id
         self._frame_max: int = self.conn.frame_max
         self._out = bytearray()
-        self._delivering: tuple[int, bool, str] | None = None
+        self._delivering: tuple[int, bool, bytes] | None = None
+        self._queues: dict[bytes, str] = {}  # consumer tag -> the queue it consumes
         self._properties: dict[str, Any] = {}
         self._body: list[bytes] = []
         self._remaining = 0
@@ -272,7 +273,8 @@ class RabbitConnection(Connection):
 
     def _delivered(self) -> None:
         assert self._delivering is not None
-        tag, redelivered, routing_key = self._delivering
+        tag, redelivered, consumer_tag = self._delivering
+        routing_key = self._queues.get(consumer_tag, "")
         dropped = self._size if self._size > self._max_body else 0
         self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties,
                                       dropped, self._unreadable))
@@ -298,7 +300,8 @@ class RabbitConnection(Connection):
         body, info = message.body, message.delivery_info
         raw = body.encode() if isinstance(body, str) else bytes(body)
         dropped = len(raw) if len(raw) > self._max_body else 0
-        self._buffer.append(_delivery(b"" if dropped else raw, info["delivery_tag"], info.get("routing_key", ""),
+        queue = self._queues.get(str(info.get("consumer_tag", "")).encode(), "")
+        self._buffer.append(_delivery(b"" if dropped else raw, info["delivery_tag"], queue,
                                       bool(info.get("redelivered")), message.properties, dropped))
         self._held += len(raw) - dropped
 
@@ -312,8 +315,10 @@ class RabbitConnection(Connection):
                 self._prefetch = prefetch
             # nowait: once a consumer runs, only _pump reads deliveries, and it survives properties py-amqp
             # could not decode (a sender's non-UTF-8 message_id would raise inside py-amqp's own reader)
-            self.channel.basic_consume(queue, consumer_tag=f"resync.{queue}.{id(self):x}", callback=self._on_message,
-                                       no_ack=False, nowait=True)
+            consumer_tag = f"resync.{queue}.{id(self):x}"
+            self._queues[consumer_tag.encode()] = queue
+            self.channel.basic_consume(queue, consumer_tag=consumer_tag, callback=self._on_message, no_ack=False,
+                                       nowait=True)
         except _ERRORS as e:
             raise ConnectionClosed(f"cannot consume {queue}: {e}") from None
 
@@ -369,10 +374,10 @@ class RabbitConnection(Connection):
             pass
 
 
-def _delivery(body: bytes, tag: int, routing_key: str, redelivered: bool, props: Mapping[str, Any],
+def _delivery(body: bytes, tag: int, queue: str, redelivered: bool, props: Mapping[str, Any],
               dropped: int = 0, unreadable: str | None = None) -> Delivery:
     headers = props.get("application_headers")
-    return Delivery(body, tag, routing_key, _text(props.get("message_id")), _text(props.get("user_id")),
+    return Delivery(body, tag, queue, _text(props.get("message_id")), _text(props.get("user_id")),
                     _text(props.get("type")), redelivered, dict(headers) if isinstance(headers, dict) else {},
                     dropped, unreadable)
 
