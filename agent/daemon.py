@@ -26,7 +26,7 @@ from agent.store import STATE, AgentStore
 from agent.verifier import Verifier
 from messages.catalog import Catalog
 from messages.codec import (
-    MAX_MESSAGE,
+    MAX_ACK_MESSAGE,
     decode_acks,
     decode_manifest_part,
     decode_request,
@@ -221,8 +221,9 @@ class Agent:
 
     def _consume_acks(self, stop: threading.Event) -> None:
         with self.broker.connect() as conn:
-            conn.consume(Topology.acks(self.district), prefetch=20, max_body=MAX_MESSAGE)
-            conn.consume(Topology.control(self.district), prefetch=20, max_body=MAX_MESSAGE)
+            # ack messages are the largest the agent reads: anything larger is let go unread
+            conn.consume(Topology.acks(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
+            conn.consume(Topology.control(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
                 for d, reason in self._take(deliveries):
@@ -264,7 +265,7 @@ class Agent:
                 try:
                     if d.dropped:
                         raise DecodeError(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
-                                          f"message of {d.dropped} bytes is over the limit of {MAX_MESSAGE} bytes")
+                                          f"message of {d.dropped} bytes is over the limit of {MAX_ACK_MESSAGE} bytes")
                     if d.type == Kind.MANIFEST:
                         parts.append(decode_manifest_part(d.body))
                     else:

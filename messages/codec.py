@@ -29,6 +29,7 @@ from messages.errors import Category, Code
 from messages.fields import fields
 from messages.text import CODE, clean
 from messages.validate import (
+    MAX_ACK_MESSAGE,
     MAX_ACKS,
     MAX_BODY,
     MAX_EXTENDED,
@@ -52,10 +53,28 @@ from messages.verify_codec import (
 )
 
 __all__ = [
-    "MAX_BODY", "MAX_MESSAGE", "MAX_OBJECTS", "MAX_TEXT", "REPORT_REFS", "content_digest", "decode_acks",
-    "decode_event", "decode_manifest_part", "decode_manifest_request", "decode_marker", "decode_request",
-    "decode_verify_report", "encode_acks", "encode_event", "encode_manifest_part", "encode_manifest_request",
-    "encode_marker", "encode_request", "encode_verify_report",
+    "MAX_ACKS",
+    "MAX_ACK_MESSAGE",
+    "MAX_BODY",
+    "MAX_MESSAGE",
+    "MAX_OBJECTS",
+    "MAX_TEXT",
+    "REPORT_REFS",
+    "content_digest",
+    "decode_acks",
+    "decode_event",
+    "decode_manifest_part",
+    "decode_manifest_request",
+    "decode_marker",
+    "decode_request",
+    "decode_verify_report",
+    "encode_acks",
+    "encode_event",
+    "encode_manifest_part",
+    "encode_manifest_request",
+    "encode_marker",
+    "encode_request",
+    "encode_verify_report",
 ]
 
 
@@ -153,7 +172,7 @@ def _ack(f: Fields, raw: Any) -> Ack:
                echoed("batch", a.refid))
 
 
-def decode_acks(body: bytes, *, max_size: int = MAX_MESSAGE) -> AckPack:
+def decode_acks(body: bytes, *, max_size: int = MAX_ACK_MESSAGE) -> AckPack:
     f = Fields(load(body, max_size))
     district = f.source("district")
     raw = f.get("acks", list)

@@ -13,6 +13,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import Callable, Mapping
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NoReturn
 
 import orjson
@@ -32,7 +33,9 @@ MAX_REPORT = 1024 * 1024
 MAX_PARSED = 1024 * 1024
 """Over its limit but not over this, a body is still read, so that its refusal can name the message."""
 MAX_OBJECTS = 500
-MAX_ACKS = 10_000
+MAX_ACKS = 1_000
+"""Acks in one message (the receiver sends at most that many, in at most ``MAX_ACK_MESSAGE`` bytes)."""
+MAX_ACK_MESSAGE = 2 * 1024 * 1024
 MAX_TEXT = 1000
 """A string value of a record, and an error's description."""
 MAX_EXTENDED = 4000
@@ -211,10 +214,20 @@ VALID: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT and "\x00" not in v,
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
     "bool": lambda v: isinstance(v, bool),
-    # Numeric(14, 2): the value as the database rounds it must stay under 10^12
-    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and round(abs(v), 2) < 1e12,
+    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and _fits_numeric(v),
     "date": lambda v: isinstance(v, str) and is_date(v),
 }
+
+
+def _fits_numeric(v: float) -> bool:
+    """Whether ``numeric(14, 2)`` takes ``v`` as the database gets it: as its shortest decimal text, rounded half
+    away from zero to cents (binary rounding would let 999999999999.995 through, which the database rounds up
+    past its limit)."""
+    cents = Decimal(repr(v)).copy_abs().quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return cents < _NUMERIC_LIMIT
+
+
+_NUMERIC_LIMIT = Decimal(10**12)
 
 
 def check_value(obj: str, name: str, kind: str, value: Any) -> str | None:

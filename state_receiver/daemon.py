@@ -27,7 +27,7 @@ from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine, select
 
 from messages.catalog import Catalog
-from messages.codec import MAX_MESSAGE, encode_acks, encode_manifest_part
+from messages.codec import MAX_ACK_MESSAGE, MAX_ACKS, encode_acks, encode_manifest_part
 from messages.envelope import (
     Ack,
     AckPack,
@@ -42,6 +42,7 @@ from messages.envelope import (
 )
 from messages.manifest import ENTRY
 from messages.text import clean
+from messages.validate import MAX_PARSED
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import sender_of
 from resync.db import insert
@@ -54,13 +55,13 @@ from state_receiver.schema import StateSchema
 from state_receiver.sweep import sweep_batch
 
 log = structlog.get_logger()
-ACKS_PER_MESSAGE = 1000
+ACKS_PER_MESSAGE = MAX_ACKS
 HELD_BYTES = 16 * 1024 * 1024
 """Bodies one delivery batch may hold; two batches are in hand at a time."""
 MANIFEST_REPEAT = 600.0
 """Seconds during which a manifest request already answered is not answered again (a district that asks
 many times gets one manifest; after a receiver restart, the request is answered anew)."""
-PACK_BYTES = MAX_MESSAGE // 2
+PACK_BYTES = MAX_ACK_MESSAGE
 """An ack message stays well under the broker's message-size limit, however long the errors' texts."""
 
 
@@ -120,7 +121,8 @@ class Receiver:
               ThreadPoolExecutor(1, thread_name_prefix="apply") as worker):
             for d in self.districts:
                 conn.consume(Topology.events(d), prefetch=self.prefetch,
-                             max_body=max(self.settings.max_body, MAX_MESSAGE))
+                             # larger than any message it reads, and than it reads to name a refusal
+                             max_body=max(self.settings.max_body, MAX_PARSED))
 
             def answer(deliveries: list[Delivery], answers: Answers) -> None:
                 self.answer(conn, deliveries, answers, out)

@@ -10,13 +10,17 @@ state itself first sent it: a forged resync request is never laundered into the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from messages.codec import MAX_MESSAGE
 from resync.brokers import Broker, Delivery, Topology
 from resync.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER
 
 MAX_SCAN = 10_000
+LISTED_BODY = 64 * 1024
+"""A listing shows the start of a body: a larger one is not read into memory (its size is shown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,26 +59,29 @@ def _describe(d: Delivery, state_user: str) -> dict[str, Any]:
         "sender": where.sender,
         "type": d.type,
         "reason": _text(d.headers.get(REASON)) or ((d.headers.get("x-death") or [{}])[0] or {}).get("reason"),
-        "bytes": d.headers.get(DROPPED) or len(d.body),
+        "bytes": d.headers.get(DROPPED) or d.dropped or len(d.body),
         "body": d.body[:200].decode("utf-8", "replace"),
     }
 
 
-def _scan(conn: Any, limit: int) -> list[Delivery]:
-    conn.consume(DEAD_LETTER_QUEUE, prefetch=limit)
-    out: list[Delivery] = []
-    while len(out) < limit:
-        got = conn.fetch(limit - len(out), timeout=1.0)
+def _scan(conn: Any, limit: int, max_body: int) -> Iterator[Delivery]:
+    """The queue's messages, oldest first, a fetch at a time: what the caller lets go of is not held (anyone
+    may dead-letter, so the queue can hold thousands of large messages). A body over ``max_body`` is not
+    kept."""
+    conn.consume(DEAD_LETTER_QUEUE, prefetch=limit, max_body=max_body)
+    seen = 0
+    while seen < limit:
+        got = conn.fetch(min(100, limit - seen), timeout=1.0)
         if not got:
-            break
-        out.extend(got)
-    return out
+            return
+        seen += len(got)
+        yield from got
 
 
 def list_dead_letters(broker: Broker, state_user: str, limit: int = 100) -> list[dict[str, Any]]:
     """Look without taking: the messages go back to the queue, in order, when the connection closes."""
     with broker.connect() as conn:
-        return [_describe(d, state_user) for d in _scan(conn, limit)]
+        return [_describe(d, state_user) for d in _scan(conn, limit, LISTED_BODY)]
 
 
 def refusal(where: Origin, state_user: str) -> str | None:
@@ -94,23 +101,24 @@ def refusal(where: Origin, state_user: str) -> str | None:
 def requeue(broker: Broker, message_ids: set[str], state_user: str) -> Requeued:
     """Put these messages back on the queues they came from, for the receiver to try again."""
     done = Requeued()
-    with broker.connect() as conn:
-        for d in _scan(conn, MAX_SCAN):
+    # put back on a connection of its own: the scanning one is read only as the scan goes
+    with broker.connect() as conn, broker.connect() as out:
+        for d in _scan(conn, MAX_SCAN, MAX_MESSAGE):
             if d.message_id not in message_ids or d.message_id in done.requeued:
                 continue
             where = origin(d, state_user)
             why = refusal(where, state_user)
-            if d.headers.get(DROPPED):
-                why = f"its body of {d.headers[DROPPED]} bytes was over the limit and was not kept"
+            if d.headers.get(DROPPED) or d.dropped:
+                why = f"its body of {d.headers.get(DROPPED) or d.dropped} bytes was over the limit and was not kept"
             if d.unreadable:
                 why = d.unreadable
             if why is not None:
                 done.refused[d.message_id] = why
                 continue
             assert where.queue is not None
-            conn.publish(where.queue, d.body, kind=d.type or "event", message_id=d.message_id or "",
-                         headers={SENDER: where.sender or ""})
-            conn.flush()
+            out.publish(where.queue, d.body, kind=d.type or "event", message_id=d.message_id or "",
+                        headers={SENDER: where.sender or ""})
+            out.flush()
             conn.ack(d.delivery_tag)
             done.requeued.append(d.message_id or "")
     return done

@@ -45,6 +45,21 @@ def test_compose_services_share_one_identity_for_both_sides() -> None:
     assert settings.max_body <= MAX_MESSAGE
 
 
+def test_compose_runs_a_rabbitmq_that_checks_cc_and_bcc_against_topic_permissions() -> None:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    image = compose["services"]["rabbitmq"]["image"]
+    major = int(image.split(":")[1].split(".")[0])
+    assert image.startswith("rabbitmq:") and major >= 4, image
+
+
+def test_the_state_may_put_dead_letters_back_on_event_queues() -> None:
+    defs = definitions("/", ["district-1"], "state", {"district-1": "a", "state": "b"})
+    [state] = [p for p in defs["topic_permissions"] if p["user"] == "state"]
+    import re
+
+    assert re.match(state["write"], Topology.events("district-1")) and re.match(state["write"], "acks.district-1")
+
+
 def test_definitions_bound_every_event_queue_and_refuse_publishes_past_it() -> None:
     defs = definitions("/", ["district-1"], "state", {"district-1": "a", "state": "b"})
     [policy] = defs["policies"]

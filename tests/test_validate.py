@@ -127,8 +127,9 @@ def test_a_body_over_the_limit_is_still_named_when_it_can_be_read() -> None:
     assert (e.value.code, e.value.msg_id, e.value.object) == (Code.TOO_LARGE, "A" * 32, "District")
 
 
-def test_a_decimal_that_rounds_past_its_column_is_refused() -> None:
-    body = _event(object="CourseCode", data={"credits": 999_999_999_999.996})
+@pytest.mark.parametrize("credits", [999_999_999_999.996, 999_999_999_999.995, -999_999_999_999.995, 10**12])
+def test_a_decimal_that_rounds_past_its_column_is_refused(credits: float) -> None:
+    body = _event(object="CourseCode", data={"credits": credits})
     with pytest.raises(DecodeError) as e:
         decode_event(body, CATALOG, now=NOW)
     assert e.value.code == Code.BAD_DATA

@@ -2,7 +2,8 @@
 
 Each district's user may publish only with its own routing key (a topic permission on the ``resync``
 exchange) and read only its own ack and control queues; the state's user reads every district's event
-queue and the dead-letter queue and publishes only acks and control messages. Neither may configure:
+queue and the dead-letter queue and publishes acks and control messages (and puts dead letters back on
+event queues). Neither may configure:
 the topology comes from this file. A policy bounds each district's event queue to ``QUEUE_BYTES`` and
 refuses publishes beyond it (the agent's confirm fails and it retries later), so no district can fill
 the broker (ack queues are not bounded: a full one would stop the receiver for every district); the
@@ -51,7 +52,9 @@ def definitions(vhost: str, districts: list[str], state_user: str, passwords: di
     topic_permissions = [
         {"user": d, "vhost": vhost, "exchange": EXCHANGE, "write": f"^{q(Topology.events(d))}$", "read": "^$"}
         for d in districts
-    ] + [{"user": state_user, "vhost": vhost, "exchange": EXCHANGE, "write": r"^(acks|control)\..+$", "read": "^$"}]
+    ] + [{"user": state_user, "vhost": vhost, "exchange": EXCHANGE,
+          # sync: `resync dead-letters --requeue` puts a district's message back where it came from
+          "write": r"^(acks|control|sync)\..+$", "read": "^$"}]
     queues, bindings = [{"name": DEAD_LETTER_QUEUE, "vhost": vhost, "durable": True, "auto_delete": False,
                          "arguments": {}}], [
         {"source": DEAD_LETTER_EXCHANGE, "vhost": vhost, "destination": DEAD_LETTER_QUEUE,
