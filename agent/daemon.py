@@ -46,7 +46,7 @@ from messages.text import clean
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 from resync.brokers import Broker, Delivery, Topology
 from resync.brokers.base import sender_of
-from resync.retry import TRANSIENT, permanent, run_forever
+from resync.retry import TRANSIENT, narrow, run_forever
 from resync.settings import Settings
 
 log = structlog.get_logger()
@@ -239,17 +239,13 @@ class Agent:
     def _take(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
         """Handle the state's answers and requests; returns what must be dead-lettered, with the reason. A
         failure that retrying cannot cure is narrowed down by halves to the delivery that causes it."""
-        try:
-            return self._handle(deliveries)
-        except Exception as e:
-            permanent(e)
-            if len(deliveries) > 1:
-                half = len(deliveries) // 2
-                return self._take(deliveries[:half]) + self._take(deliveries[half:])
+        def set_aside(d: Delivery, e: Exception) -> list[tuple[Delivery, str]]:
             reason = clean(f"the agent failed on this message: {type(e).__name__}: {e}", 1000)
-            log.exception("message set aside", queue=deliveries[0].queue, message_id=deliveries[0].message_id)
+            log.error("message set aside", queue=d.queue, message_id=d.message_id, exc_info=e)
             self.store.log_error(reason, category=11, code=Code.APPLY_FAILED)
-            return [(deliveries[0], reason)] if deliveries else []
+            return [(d, reason)]
+
+        return [dead for part in narrow(deliveries, self._handle, set_aside) for dead in part]
 
     def _handle(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
         dead: list[tuple[Delivery, str]] = []

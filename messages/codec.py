@@ -161,10 +161,10 @@ def _ack(f: Fields, raw: Any) -> Ack:
     err = None
     if status == "error":
         e = Fields(a.get("error", dict))
-        extended = e.get("extended", str, nullable=True) if "extended" in e.doc else None
+        extended = e.free_text("extended", MAX_EXTENDED, nullable=True) if "extended" in e.doc else None
         # the state's own words: kept, but made storable rather than refused
         err = ErrorInfo(e.integer("category", 1, 99), e.matching("code", CODE, "an error code like 9.1"),
-                        e.free_text("desc"), clean(extended or "", MAX_EXTENDED))
+                        e.free_text("desc"), extended or "")
     def echoed(name: str, check: Callable[..., Any]) -> Any:
         return check(name, nullable=True) if name in raw else None
 

@@ -56,7 +56,13 @@ def stable_id(*parts: str) -> str:
 
 
 def now_ts() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return canonical_ts(datetime.now(UTC))
+
+
+def canonical_ts(when: datetime) -> str:
+    """The one form of ``ts`` on the wire and at the state: UTC, milliseconds, ``Z``; two compare as strings
+    as they do in time."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

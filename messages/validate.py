@@ -10,6 +10,7 @@ sender can count the answer.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -18,14 +19,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from messages.envelope import REFID, VERSION
+from messages.envelope import REFID, VERSION, canonical_ts
 from messages.errors import Category, Code, DecodeError
 from messages.text import NAME, SOURCE, clean, storable
 
 MAX_BODY = 256 * 1024
 """An event's body, by default (``RESYNC_MAX_BODY``)."""
 MAX_MESSAGE = 4 * 1024 * 1024
-"""Any other message: an ack pack, a manifest part, a request, a verify report."""
+"""The largest message of all (a manifest part), and the broker's limit (``docker/rabbitmq.conf``)."""
 MAX_NOTICE = 64 * 1024
 """A marker or a manifest request: a few hundred bytes, but parsed JSON takes many times its size."""
 MAX_REPORT = 1024 * 1024
@@ -48,17 +49,17 @@ CLOCK_SKEW = dt.timedelta(hours=1)
 outrank every change the district makes until then."""
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _CANONICAL = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z", re.ASCII)
-EARLIEST = EARLIEST_TS.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-_window: list[Any] = [0.0, ""]  # (monotonic second, latest canonical ts then)
+EARLIEST = canonical_ts(EARLIEST_TS)
 
 
 def _latest() -> str:
-    """The latest canonical ``ts`` accepted now, worked out once a second (every record asks)."""
-    second = time.monotonic() // 1
-    if _window[0] != second:
-        latest = dt.datetime.now(dt.UTC) + CLOCK_SKEW
-        _window[:] = [second, latest.isoformat(timespec="milliseconds").replace("+00:00", "Z")]
-    return str(_window[1])
+    """The latest canonical ``ts`` accepted now (every record asks: worked out once a second)."""
+    return _latest_in(time.monotonic() // 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _latest_in(second: float) -> str:
+    return canonical_ts(dt.datetime.now(dt.UTC) + CLOCK_SKEW)
 
 
 def fail(category: Category, code: str, desc: str, extended: str = "", doc: Mapping[str, Any] | None = None,
@@ -80,27 +81,15 @@ def _valid(doc: Mapping[str, Any], key: str, pattern: re.Pattern[str]) -> str | 
 
 def load(body: bytes, max_size: int) -> dict[str, Any]:
     """The body as a JSON object of this contract's version. A body over ``max_size`` but within
-    ``MAX_MESSAGE`` is still read, so that its refusal names the message it refuses."""
+    ``MAX_PARSED`` is still read, so that its refusal names the message it refuses."""
     too_large = len(body) > max_size
-    why_large = f"message body of {len(body)} bytes is over the limit of {max_size} bytes"
-    if too_large and len(body) > MAX_PARSED:
-        fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE, why_large)
-    try:
-        body.decode("utf-8")
-        doc = orjson.loads(body)
-    except UnicodeDecodeError as e:
-        if too_large:
-            fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE, why_large)
-        fail(Category.GENERIC_MESSAGE, Code.BAD_ENCODING, "message body is not valid UTF-8", str(e)[:200])
-    except orjson.JSONDecodeError as e:
-        if too_large:
-            fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE, why_large)
-        fail(Category.GENERIC_MESSAGE, Code.NOT_JSON, "message body is not JSON", clean(str(e), 200))
-    if not isinstance(doc, dict):
-        fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE if too_large else Code.NOT_OBJECT,
-             why_large if too_large else f"message body is a JSON {type(doc).__name__}, not an object")
+    doc, problem = _parse(body) if not too_large or len(body) <= MAX_PARSED else (None, None)
     if too_large:
-        fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE, why_large, doc=doc)
+        fail(Category.GENERIC_MESSAGE, Code.TOO_LARGE,
+             f"message body of {len(body)} bytes is over the limit of {max_size} bytes", doc=doc)
+    if doc is None:
+        assert problem is not None  # _parse gives one or the other
+        fail(Category.GENERIC_MESSAGE, *problem)
     if "v" not in doc:
         fail(Category.GENERIC_MESSAGE, Code.MISSING_FIELD, "message has no version field 'v'", doc=doc)
     if doc["v"] != VERSION or isinstance(doc["v"], bool):
@@ -108,6 +97,20 @@ def load(body: bytes, max_size: int) -> dict[str, Any]:
              f"message version {clean(repr(doc['v']), 40)} is not supported (this receiver speaks v{VERSION})",
              doc=doc)
     return doc
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
+    """The body as a JSON object, or what is wrong with it: (code, description, details)."""
+    try:
+        body.decode("utf-8")
+        doc = orjson.loads(body)
+    except UnicodeDecodeError as e:
+        return None, (Code.BAD_ENCODING, "message body is not valid UTF-8", str(e)[:200])
+    except orjson.JSONDecodeError as e:
+        return None, (Code.NOT_JSON, "message body is not JSON", clean(str(e), 200))
+    if not isinstance(doc, dict):
+        return None, (Code.NOT_OBJECT, f"message body is a JSON {type(doc).__name__}, not an object", "")
+    return doc, None
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -119,8 +122,7 @@ class Fields:
 
     def __init__(self, doc: Mapping[str, Any], msg_id: str | None = None) -> None:
         self.doc = doc
-        raw = doc.get("msg_id")
-        self.msg_id = raw if isinstance(raw, str) and REFID.match(raw) else msg_id
+        self.msg_id = _valid(doc, "msg_id", REFID) or msg_id
 
     def fail(self, category: Category, code: str, desc: str, extended: str = "") -> NoReturn:
         fail(category, code, desc, extended, self.doc, self.msg_id)
@@ -199,7 +201,7 @@ class Fields:
         if not EARLIEST_TS <= when <= latest:
             self.bad(f"field {name!r} is {raw[:40]!r}, outside {EARLIEST_TS:%Y-%m-%d} .. now + "
                      f"{CLOCK_SKEW.total_seconds() / 3600:g} h; is the sender's clock right?")
-        return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return canonical_ts(when)
 
     def names(self, name: str, *, nullable: bool = False) -> Any:
         value = self.get(name, list, nullable=nullable)
@@ -209,14 +211,7 @@ class Fields:
         return value
 
 
-VALID: dict[str, Callable[[Any], bool]] = {
-    # a string orjson decoded holds no lone surrogate (it refuses them): NUL is what is left to refuse
-    "str": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT and "\x00" not in v,
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
-    "bool": lambda v: isinstance(v, bool),
-    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and _fits_numeric(v),
-    "date": lambda v: isinstance(v, str) and is_date(v),
-}
+_NUMERIC_LIMIT = Decimal(10**12)
 
 
 def _fits_numeric(v: float) -> bool:
@@ -227,7 +222,14 @@ def _fits_numeric(v: float) -> bool:
     return cents < _NUMERIC_LIMIT
 
 
-_NUMERIC_LIMIT = Decimal(10**12)
+VALID: dict[str, Callable[[Any], bool]] = {
+    # a string orjson decoded holds no lone surrogate (it refuses them): NUL is what is left to refuse
+    "str": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT and "\x00" not in v,
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
+    "bool": lambda v: isinstance(v, bool),
+    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and _fits_numeric(v),
+    "date": lambda v: isinstance(v, str) and is_date(v),
+}
 
 
 def check_value(obj: str, name: str, kind: str, value: Any) -> str | None:
@@ -244,5 +246,3 @@ def is_date(v: str) -> bool:
     except ValueError:
         return False
     return True
-
-

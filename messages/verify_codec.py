@@ -78,5 +78,3 @@ def decode_verify_report(body: bytes, *, message_id: str | None = None) -> Verif
     error = f.free_text("error", MAX_TEXT, nullable=True) if "error" in f.doc else None
     return VerifyReport(f.refid("msg_id"), f.timestamp(), f.source(), f.refid("request_id"), f.year(), objects,
                         error)
-
-

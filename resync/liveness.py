@@ -6,7 +6,7 @@ queue with no consumer means that daemon has died, was never started, or cannot 
 
 from __future__ import annotations
 
-from resync.brokers import Broker, QueueStats, Topology
+from resync.brokers import QueueStats, Topology, open_broker
 from resync.settings import Settings
 
 
@@ -24,14 +24,12 @@ def warnings(stats: list[QueueStats], district: str) -> list[str]:
     return out
 
 
-def check(settings: Settings, broker: Broker | None = None) -> list[str]:
+def check(settings: Settings) -> list[str]:
     """The warnings for this district, or none when there is no broker to ask (the embedded default runs
     both daemons inside the command) or it cannot be reached (the command says so elsewhere)."""
     if not settings.broker_url:
         return []
-    from resync.brokers import open_broker
-
-    broker = broker or open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
+    broker = open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
     try:
         return warnings(broker.queue_stats(Topology.queues(settings.district)), settings.district)
     except Exception:  # a broker that cannot be asked tells nothing about the daemons

@@ -30,7 +30,7 @@ from messages.errors import Category, Code, DecodeError, RecordError
 from messages.text import clean
 from resync.brokers import Delivery
 from resync.brokers.base import sender_of
-from resync.retry import permanent
+from resync.retry import narrow, permanent
 from resync.settings import Settings
 from state_receiver.apply import Incoming, apply, log_errors
 from state_receiver.schema import StateSchema
@@ -104,8 +104,8 @@ class DistrictBatch:
                 rejected: list[Rejected], out: Outcome) -> None:
         # answer by the body's msg_id, else by the AMQP message_id the sender stamped; with the record it names,
         # so the district counts the answer against its batch
-        decoded = e if isinstance(e, DecodeError) else DecodeError(e.category, e.code, e.desc)
-        msg_id = decoded.msg_id
+        named = e if isinstance(e, DecodeError) else None
+        msg_id = named.msg_id if named else None
         if msg_id is None and REFID.match(d.message_id or ""):
             msg_id = d.message_id
         info = ErrorInfo(int(e.category), e.code, clean(e.desc, 1000), clean(e.extended, 1000))
@@ -116,8 +116,10 @@ class DistrictBatch:
             log.warning("message dead-lettered", district=district, code=e.code, reason=reason, **describe(d))
         else:
             # a record is counted against its batch by what it names; nothing else is a record to count
-            record = (decoded.object, decoded.ref_id, decoded.batch) if d.type == Kind.EVENT else (None, None, None)
-            answers.append(Ack(msg_id, "error", info, *record))
+            if named is not None and d.type == Kind.EVENT:
+                answers.append(Ack(msg_id, "error", info, named.object, named.ref_id, named.batch))
+            else:
+                answers.append(Ack(msg_id, "error", info))
 
     def _decode(self, district: str, d: Delivery) -> Incoming | Notice | ManifestRequest:
         if d.unreadable:  # nor who sent it: set aside, not answered
@@ -183,13 +185,8 @@ class DistrictBatch:
             failure = permanent(e)
         log.warning("transaction refused; splitting it to find the record", district=district, records=len(events),
                     error=clean(str(failure), 300))
-        if rejected or notices:  # the failure may be the bookkeeping's: the records are tried on their own first
-            try:
-                acks = self._transaction(district, events, [], [], now) if events else []
-            except Exception as e:
-                acks = self._bisect(district, events, now, permanent(e))
-        else:
-            acks = self._bisect(district, events, now, failure)
+        # with bookkeeping in the transaction, the failure may be the bookkeeping's: the records are tried alone
+        acks = self._records(district, events, now, None if rejected or notices else failure)
         if rejected:
             try:
                 self._transaction(district, [], rejected, [], now)
@@ -205,19 +202,16 @@ class DistrictBatch:
                 log.error("message dead-lettered", district=district, reason=reason, **describe(d))
         return acks
 
-    def _bisect(self, district: str, events: list[Incoming], now: str, failure: BaseException) -> list[Ack]:
-        if len(events) == 1:
-            return [self._refused(district, events[0], failure, now)]
-        acks: list[Ack] = []
-        half = len(events) // 2
-        for part in (events[:half], events[half:]):
-            try:
-                acks += self._transaction(district, part, [], [], now)
-            except Exception as e:
-                acks += self._bisect(district, part, now, permanent(e))
-        return acks
+    def _records(self, district: str, events: list[Incoming], now: str, failure: Exception | None) -> list[Ack]:
+        """The records applied; one the database refuses (``failure``: the whole is known to fail) is narrowed
+        down by halves and answered ``11.1``."""
+        if not events:
+            return []
+        parts = narrow(events, lambda part: self._transaction(district, part, [], [], now),
+                       lambda item, e: [self._refused(district, item, e, now)], failure)
+        return [ack for acks in parts for ack in acks]
 
-    def _refused(self, district: str, item: Incoming, failure: BaseException, now: str) -> Ack:
+    def _refused(self, district: str, item: Incoming, failure: Exception, now: str) -> Ack:
         e = item.event
         info = ErrorInfo(int(Category.SYSTEM), Code.APPLY_FAILED, f"{e.object} {e.ref_id} could not be stored at the "
                          "state", clean(str(failure), 1000))

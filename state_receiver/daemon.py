@@ -46,7 +46,7 @@ from messages.validate import MAX_PARSED
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import sender_of
 from resync.db import insert
-from resync.retry import permanent, run_forever
+from resync.retry import narrow, permanent, run_forever
 from resync.settings import Settings
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
@@ -151,21 +151,18 @@ class Receiver:
     def work(self, deliveries: list[Delivery]) -> Answers:
         """Decode and apply a delivery batch; touches the database, never the broker. A failure that retrying
         cannot cure is narrowed down by halves to the one delivery that causes it, which is dead-lettered."""
-        try:
-            return self._work(deliveries)
-        except Exception as e:
-            permanent(e)
-            if len(deliveries) == 1:
-                reason = f"[11/11.1] the state failed on this message: {clean(f'{type(e).__name__}: {e}', 500)}"
-                log.exception("message dead-lettered", reason=reason, **describe(deliveries[0]))
-                return Answers(dead=[(deliveries[0], reason)])
-            half = len(deliveries) // 2
-            first, second = self.work(deliveries[:half]), self.work(deliveries[half:])
-            for district, acks in second.acks.items():
+        def set_aside(d: Delivery, e: Exception) -> Answers:
+            reason = f"[11/11.1] the state failed on this message: {clean(f'{type(e).__name__}: {e}', 500)}"
+            log.error("message dead-lettered", reason=reason, exc_info=e, **describe(d))
+            return Answers(dead=[(d, reason)])
+
+        first, *rest = narrow(deliveries, self._work, set_aside)
+        for more in rest:
+            for district, acks in more.acks.items():
                 first.acks.setdefault(district, []).extend(acks)
-            first.dead += second.dead
-            first.manifests += second.manifests
-            return first
+            first.dead += more.dead
+            first.manifests += more.manifests
+        return first
 
     def _work(self, deliveries: list[Delivery]) -> Answers:
         by_district: dict[str, list[Delivery]] = defaultdict(list)

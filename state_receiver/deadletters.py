@@ -16,7 +16,7 @@ from typing import Any
 
 from messages.codec import MAX_MESSAGE
 from resync.brokers import Broker, Delivery, Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER
+from resync.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER, sender_of
 
 MAX_SCAN = 10_000
 LISTED_BODY = 64 * 1024
@@ -40,9 +40,7 @@ def origin(d: Delivery, state_user: str) -> Origin:
     """Where ``d`` came from and who sent it, as far as it can be believed."""
     death = (d.headers.get("x-death") or [{}])[0]
     queue = d.headers.get(ORIGIN) or (death.get("queue") if isinstance(death, dict) else None)
-    if d.user_id == state_user and SENDER in d.headers:  # set aside by the state, which recorded the first sender
-        return Origin(_text(queue), _text(d.headers[SENDER]))  # an empty record: the sender was not known
-    return Origin(_text(queue), d.user_id)
+    return Origin(_text(queue), sender_of(d, state_user))
 
 
 def _text(value: Any) -> str | None:

@@ -84,10 +84,13 @@ def dead_letter_headers(delivery: Delivery, reason: str, sender: str | None) -> 
 
 def sender_of(delivery: Delivery, state_user: str) -> str | None:
     """Who sent ``delivery``: the broker user RabbitMQ validated, except that a message the state put back
-    from the dead-letter queue names the user who first sent it (``resync dead-letters --requeue``)."""
+    from the dead-letter queue (or set aside there) names the user who first sent it; an empty record means
+    the sender was not known, and it stays unknown."""
     if delivery.user_id == state_user and SENDER in delivery.headers:
         first = delivery.headers[SENDER]
-        return first if isinstance(first, str) and first else None  # recorded as unknown: stays unknown
+        if isinstance(first, bytes):
+            first = first.decode("utf-8", "replace")
+        return first if isinstance(first, str) and first else None
     return delivery.user_id
 
 

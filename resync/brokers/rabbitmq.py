@@ -274,9 +274,9 @@ class RabbitConnection(Connection):
     def _delivered(self) -> None:
         assert self._delivering is not None
         tag, redelivered, consumer_tag = self._delivering
-        routing_key = self._queues.get(consumer_tag, "")
+        queue = self._queues.get(consumer_tag, "")
         dropped = self._size if self._size > self._max_body else 0
-        self._buffer.append(_delivery(b"".join(self._body), tag, routing_key, redelivered, self._properties,
+        self._buffer.append(_delivery(b"".join(self._body), tag, queue, redelivered, self._properties,
                                       dropped, self._unreadable))
         self._held += self._size - dropped
         self._body, self._delivering = [], None
