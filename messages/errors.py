@@ -72,6 +72,11 @@ class ConfigError(FatalError):
     """A setting or a command-line argument is wrong."""
 
 
+class BrokerRefused(ConfigError):
+    """The broker refused this process for a reason retrying cannot cure: bad credentials, an unknown vhost, a
+    missing permission, a ``user_id`` it does not accept. The message names the setting to fix."""
+
+
 class CatalogError(FatalError):
     """The object catalog is inconsistent or a name is not in it."""
 

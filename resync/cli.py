@@ -19,7 +19,7 @@ from messages import catalog as catalog_mod
 from messages.catalog import Catalog
 from messages.errors import FatalError, ResyncError
 from resync import liveness, logs
-from resync.brokers import Broker, Topology, open_broker
+from resync.brokers import Broker, Topology, broker_for
 from resync.brokers.base import DEAD_LETTER_QUEUE
 from resync.cli_verify import verify
 from resync.db import engine
@@ -310,7 +310,7 @@ def errors(c: Ctx, limit: int, as_json: bool) -> None:
 @pass_ctx
 def queue(c: Ctx, as_json: bool) -> None:
     """The district's queues (ready, unacknowledged, consumers) and what awaits an ack."""
-    broker = open_broker(c.settings.broker_url, c.settings.management_url, dict(c.settings.broker_tls))
+    broker = broker_for(c.settings)
     queues = [*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]
     try:
         stats = broker.queue_stats(queues)
@@ -334,7 +334,7 @@ def _needs_broker(c: Ctx, what: str) -> Broker:
     if not c.settings.broker_url:
         raise FatalError(f"{what} needs RESYNC_BROKER_URL (or --broker-url): the in-process broker lives inside "
                          "one process; `resync demo` runs agent and receiver together on it")
-    return open_broker(c.settings.broker_url, c.settings.management_url, dict(c.settings.broker_tls))
+    return broker_for(c.settings)
 
 
 def _run_daemon(target: Any) -> None:

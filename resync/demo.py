@@ -11,7 +11,7 @@ from agent.store import AgentStore
 from messages.catalog import Catalog
 from publisher.schema import DistrictSchema
 from publisher.seed import seed
-from resync.brokers import open_broker
+from resync.brokers import broker_for
 from resync.db import engine
 from resync.local import local_site
 from resync.settings import Settings
@@ -20,7 +20,7 @@ console = Console(stderr=True)
 
 
 def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool) -> str:
-    broker = open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
+    broker = broker_for(settings)
     embedded = not settings.broker_url
     where = "the embedded default (SQLite files and an in-process broker)" if embedded else (
         f"{broker.describe()}, district DB {settings.district_db_url.split('@')[-1]}, "

@@ -6,7 +6,7 @@ queue with no consumer means that daemon has died, was never started, or cannot 
 
 from __future__ import annotations
 
-from resync.brokers import QueueStats, Topology, open_broker
+from resync.brokers import QueueStats, Topology, broker_for
 from resync.settings import Settings
 
 
@@ -29,7 +29,7 @@ def check(settings: Settings) -> list[str]:
     both daemons inside the command) or it cannot be reached (the command says so elsewhere)."""
     if not settings.broker_url:
         return []
-    broker = open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
+    broker = broker_for(settings)
     try:
         return warnings(broker.queue_stats(Topology.queues(settings.district)), settings.district)
     except Exception:  # a broker that cannot be asked tells nothing about the daemons

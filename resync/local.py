@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from agent.daemon import Agent
 from messages.catalog import Catalog
-from resync.brokers import Broker, Topology, open_broker
+from resync.brokers import Broker, Topology, broker_for
 from resync.db import engine
 from resync.settings import Settings
 from state_receiver.daemon import Receiver
@@ -30,7 +30,7 @@ def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = Non
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().params.get("log_level") == "INFO":
         logs.configure("WARNING")
-    broker = broker or open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls))
+    broker = broker or broker_for(settings)
     settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
     # both sides in one process, on one connection's identity: the agent takes answers from that identity
     settings = settings.with_(state_user=broker.user)

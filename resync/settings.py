@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,17 @@ def _month_day(key: str, value: str) -> tuple[int, int]:
     return month, day
 
 
+def _check_broker_url(url: str) -> None:
+    p = urllib.parse.urlsplit(url)
+    try:
+        port_ok = p.port is None or p.port > 0
+    except ValueError:
+        port_ok = False
+    if p.scheme not in ("amqp", "amqps") or not p.hostname or not port_ok:
+        raise ConfigError(f"RESYNC_BROKER_URL (--broker-url) {url.rsplit('@', 1)[-1][:80]!r} is not an AMQP URL: "
+                          "use amqp://user:password@host:5672/vhost (amqps:// for TLS)")
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = Path("resync-data")
@@ -68,6 +80,8 @@ class Settings:
     reminder_days: int = 30
     today: dt.date | None = None
     broker_tls: Mapping[str, str] = field(default_factory=dict)
+    heartbeat: int = 30
+    """Seconds between AMQP heartbeats (0: off): a connection silent for two of them is dropped and made again."""
     """``ca_certs``, ``certfile``, ``keyfile`` for ``amqps://`` (RESYNC_BROKER_CA_FILE, _CERT_FILE, _KEY_FILE)."""
 
     @classmethod
@@ -92,7 +106,7 @@ class Settings:
             values["district_users"] = _pairs(get("DISTRICT_USERS"))
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
-        for key in ("school_year", "max_body", "max_in_flight"):
+        for key in ("school_year", "max_body", "max_in_flight", "heartbeat"):
             raw = get(key.upper())
             if raw:
                 try:
@@ -128,6 +142,11 @@ class Settings:
         if not 1024 <= settings.max_body <= MAX_MESSAGE:
             raise ConfigError(f"RESYNC_MAX_BODY={settings.max_body} is out of range: use 1024 to {MAX_MESSAGE} "
                               "bytes (the broker refuses larger messages)")
+        if not (settings.heartbeat == 0 or 2 <= settings.heartbeat <= 3600):
+            raise ConfigError(f"RESYNC_HEARTBEAT={settings.heartbeat} is out of range: use 2 to 3600 seconds, or 0 "
+                              "to turn heartbeats off")
+        if settings.broker_url and not settings.broker_url.startswith("memory://"):
+            _check_broker_url(settings.broker_url)
         check_district(settings.district)
         for d in settings.districts:
             check_district(d)

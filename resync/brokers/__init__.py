@@ -1,20 +1,36 @@
-"""Broker backends: ``rabbitmq`` (the real one) and ``memory`` (in-process, for the embedded default)."""
+"""Broker backends: ``rabbitmq`` (the real one, on pika) and ``memory`` (in-process, for the embedded default).
+This package is the only one that touches AMQP."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from resync.brokers.base import Broker, Connection, Delivery, QueueStats, Topology
 
+if TYPE_CHECKING:
+    from resync.settings import Settings
 
-def open_broker(url: str | None, management_url: str | None = None, tls: dict[str, str] | None = None) -> Broker:
+DEFAULT_HEARTBEAT = 30
+
+
+def open_broker(url: str | None, management_url: str | None = None, tls: dict[str, str] | None = None,
+                heartbeat: int = DEFAULT_HEARTBEAT, name: str = "resync") -> Broker:
     """The broker for ``url``; ``None`` or ``memory://`` gives the process-wide in-process broker.
-    ``tls``: ``ca_certs`` / ``certfile`` / ``keyfile`` for an ``amqps://`` URL."""
+    ``tls``: ``ca_certs`` / ``certfile`` / ``keyfile`` for an ``amqps://`` URL; ``name`` is the connection's
+    name in RabbitMQ's listings."""
     if not url or url.startswith("memory://"):
         from resync.brokers.memory import MemoryBroker
 
         return MemoryBroker.shared()
     from resync.brokers.rabbitmq import RabbitBroker
 
-    return RabbitBroker(url, management_url, tls)
+    return RabbitBroker(url, management_url, tls, heartbeat, name)
 
 
-__all__ = ["Broker", "Connection", "Delivery", "QueueStats", "Topology", "open_broker"]
+def broker_for(settings: Settings, name: str = "resync") -> Broker:
+    """The broker the settings name (RESYNC_BROKER_URL, its management API, TLS files and heartbeat)."""
+    return open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls), settings.heartbeat,
+                       name)
+
+
+__all__ = ["Broker", "Connection", "Delivery", "QueueStats", "Topology", "broker_for", "open_broker"]
