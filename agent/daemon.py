@@ -40,7 +40,7 @@ from messages.envelope import (
     MarkerKind,
     now_ts,
 )
-from messages.errors import Category, Code, DecodeError, FatalError
+from messages.errors import BrokerRefused, Category, Code, DecodeError, FatalError
 from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY
 from messages.text import clean
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
@@ -69,11 +69,24 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         run_forever(self.setup, stop, "start-up")
         log.info("agent started", district=self.district, broker=self.broker.describe())
-        publisher = threading.Thread(target=run_forever, args=(lambda: self._publish_batches(stop), stop, "publisher"),
-                                     name="publisher", daemon=True)
+        failed: list[BaseException] = []
+
+        def publishing() -> None:
+            try:
+                run_forever(lambda: self._publish_batches(stop), stop, "publisher")
+            except BaseException as e:  # fatal (a wrong setting): the whole daemon stops and says why
+                failed.append(e)
+                stop.set()
+
+        publisher = threading.Thread(target=publishing, name="publisher", daemon=True)
         publisher.start()
-        run_forever(lambda: self._consume_acks(stop), stop, "ack consumer")
-        publisher.join()
+        try:
+            run_forever(lambda: self._consume_acks(stop), stop, "ack consumer")
+        finally:
+            stop.set()
+            publisher.join()
+        if failed:
+            raise failed[0]
         log.info("agent stopped")
 
     # publishing -----------------------------------------------------------------------------
@@ -88,7 +101,7 @@ class Agent:
                 continue
             try:
                 self.run_batch(batch["batch_id"], stop)
-            except TRANSIENT:
+            except (*TRANSIENT, BrokerRefused):
                 raise
             except Exception as e:  # a bug or bad data: fail this batch, keep serving the next ones
                 log.exception("batch failed", batch=batch["batch_id"])
@@ -114,6 +127,7 @@ class Agent:
             return stop.is_set() or self.store.is_cancelled(batch_id)
 
         with self.broker.connect() as conn:
+            conn.watch = self.store.set_blocked
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district, max_body=self.settings.max_body,
                                   refused=self._refused)
 

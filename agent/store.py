@@ -105,6 +105,7 @@ process_alert = Table(
 )
 
 ACTIVE = ("queued", "running", "sent")
+BLOCKED = "Broker blocked publishing"
 STATE = "state"
 # What a district may see of a batch the state requested: that it ran, never which objects.
 _VISIBLE = batch.c.initiator != STATE
@@ -340,6 +341,27 @@ class AgentStore:
         with self.engine.begin() as conn:
             conn.execute(process_alert.insert().values(process=process, name=name, posted=now_ts(), due=due,
                                                        read=False, detail=detail))
+
+    def set_blocked(self, alarm: str | None) -> None:
+        """The broker blocks publishing (``alarm``) or lets go (None): an alert while it lasts, marked read and
+        dated when it clears, so `resync queue`, `send --wait` and `resync alerts` say why nothing moves."""
+        active = (process_alert.c.name == BLOCKED) & process_alert.c.read.is_(False)
+        with self.engine.begin() as conn:
+            if alarm is not None:
+                if conn.execute(select(process_alert.c.id).where(active)).first() is None:
+                    conn.execute(process_alert.insert().values(
+                        process="agent", name=BLOCKED, posted=now_ts(), read=False,
+                        detail=f"{alarm[:200]}: publishing waits for the alarm to clear; nothing unconfirmed is lost"))
+            else:
+                conn.execute(process_alert.update().where(active).values(
+                    read=True, detail=process_alert.c.detail + f" (cleared {now_ts()})"))
+
+    def blocked(self) -> str | None:
+        """Why the broker blocks this agent's publishing, while it does."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(process_alert.c.posted, process_alert.c.detail).where(
+                (process_alert.c.name == BLOCKED) & process_alert.c.read.is_(False))).first()
+        return None if row is None else f"the broker has blocked publishing since {row.posted}: {row.detail}"
 
     def alerts(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -38,8 +38,9 @@ def engine(url: str) -> Engine:
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        if u.database and u.database != ":memory:" and not Path(u.database).parent.is_dir():
+            raise ConfigError(f"{url!r}: the folder {str(Path(u.database).parent)!r} does not exist; create it or fix "
+                              "the path (RESYNC_DISTRICT_DB / RESYNC_STATE_DB, --district-db / --state-db)")
         eng = create_engine(u, connect_args={"timeout": 30})
         event.listen(eng, "connect", _sqlite_pragmas)
         return eng

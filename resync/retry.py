@@ -8,9 +8,9 @@ from typing import TypeVar
 
 import structlog
 from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_never, wait_exponential
 
-from messages.errors import RetriableError, StoreUnavailable
+from messages.errors import BrokerRefused, ConfigError, RetriableError, StoreUnavailable
 
 log = structlog.get_logger()
 TRANSIENT = (RetriableError, OperationalError)
@@ -25,10 +25,29 @@ def as_retriable(e: BaseException) -> BaseException:
     return e
 
 
+_REFUSED = ("does not exist", "password authentication failed", "no password supplied", "not permitted to log in",
+            "no pg_hba.conf entry")
+
+
+def misconfigured(e: BaseException) -> ConfigError | None:
+    """A database error that is a wrong setting, not a passing failure: a database or role that does not exist,
+    a password or login the server refuses. Retrying will not cure it."""
+    if not isinstance(e, DBAPIError) or not isinstance(e, OperationalError):
+        return None
+    reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+    if not any(words in reason for words in _REFUSED):
+        return None
+    return ConfigError(f"the database refused: {reason[:300]}: fix RESYNC_DISTRICT_DB / RESYNC_STATE_DB "
+                       "(--district-db / --state-db)")
+
+
 def permanent(e: Exception) -> Exception:
     """``e`` when retrying cannot cure it. A transient failure (a lost connection, a database that went away)
     is raised instead, in its retriable form, for the daemon to reconnect and try again."""
-    if isinstance(e, TRANSIENT):
+    fatal = misconfigured(e)
+    if fatal is not None:
+        raise fatal from e
+    if isinstance(e, (*TRANSIENT, BrokerRefused)):  # a lost connection, or a wrong setting: not this item's fault
         raise e
     transient = as_retriable(e)
     if transient is not e:
@@ -64,18 +83,25 @@ def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_
     def sleep(seconds: float) -> None:
         stop.wait(seconds)
 
+    def transient(e: BaseException) -> bool:
+        return isinstance(e, TRANSIENT) and misconfigured(e) is None
+
     retrying = Retrying(
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception(transient),
         wait=wait_exponential(multiplier=0.2, max=max_wait),
         stop=stop_never,
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )
-    while not stop.is_set():
+    try:
         for attempt in retrying:
             with attempt:
                 if stop.is_set():
                     return
                 step()
-        return
+    except Exception as e:
+        fatal = misconfigured(e)
+        if fatal is not None:
+            raise fatal from None
+        raise

@@ -157,11 +157,17 @@ class Settings:
 
     @property
     def district_db_url(self) -> str:
-        return self.district_db or f"sqlite:///{self.home / 'district.db'}"
+        return self.district_db or self._embedded("district.db")
 
     @property
     def state_db_url(self) -> str:
-        return self.state_db or f"sqlite:///{self.home / 'state.db'}"
+        return self.state_db or self._embedded("state.db")
+
+    def _embedded(self, name: str) -> str:
+        """The embedded default's SQLite file, in a home folder made on first use (a URL given explicitly
+        must name a folder that exists: a mistyped path is said, not created)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.home / name}"
 
     @property
     def receiver_districts(self) -> tuple[str, ...]:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pika
+import pytest
+
+from messages.errors import ConnectionClosed
 from resync.brokers import Broker, Connection, Delivery, Topology
 from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
+from resync.brokers.memory import MemoryBroker
+from resync.brokers.rabbitmq import RabbitBroker
 
 
 def _publish(broker: Broker, n: int, queue: str) -> None:
@@ -82,3 +88,65 @@ def test_dead_lettered_message_lands_in_the_dead_letter_queue(broker: Broker) ->
         assert dead.headers[ORIGIN] == queue and dead.headers[SENDER] == broker.user
         conn.ack(dead.delivery_tag)
     assert [s.ready for s in broker.queue_stats([queue])] == [0]
+
+
+def _bounded_queue(broker: Broker, name: str) -> None:
+    """A queue that holds one message and refuses publishes beyond it (RabbitMQ's reject-publish overflow)."""
+    if isinstance(broker, MemoryBroker):
+        broker.bound(name, max_length=1)
+        return
+    assert isinstance(broker, RabbitBroker)
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(name, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.queue_bind(name, "resync", name)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("size", [1, 131_073, 5_000_000])
+def test_bodies_of_any_size_arrive_intact(broker: Broker, size: int) -> None:
+    """One byte; one past the default frame_max, so the body spans two frames; 5 MB, over the default
+    consumer limit, so the consumer asks for it."""
+    broker.declare_district("d1")
+    queue = Topology.events("d1")
+    body = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    with broker.connect() as conn:
+        conn.publish(queue, body, kind="event", message_id="S" * 32)
+        conn.flush()
+    with broker.connect() as conn:
+        conn.consume(queue, prefetch=10, max_body=6_000_000)
+        [got] = _take(conn, 1)
+        assert (len(got.body), got.body == body, got.dropped, got.message_id) == (size, True, 0, "S" * 32)
+        conn.ack(got.delivery_tag)
+
+
+def test_a_body_over_the_consumers_limit_is_let_go_and_its_size_kept(broker: Broker) -> None:
+    broker.declare_district("d1")
+    queue = Topology.events("d1")
+    with broker.connect() as conn:
+        conn.publish(queue, b"x" * 5000, kind="event", message_id="T" * 32)
+        conn.flush()
+    with broker.connect() as conn:
+        conn.consume(queue, prefetch=10, max_body=4096)
+        [got] = _take(conn, 1)
+        assert (got.body, got.dropped, got.message_id) == (b"", 5000, "T" * 32)
+        conn.ack(got.delivery_tag)
+
+
+def test_an_unroutable_publish_is_reported_not_lost(broker: Broker) -> None:
+    broker.declare_district("d1")
+    with pytest.raises(ConnectionClosed, match="no queue"), broker.connect() as conn:
+        conn.publish("sync.nobody-listens", b"{}", kind="event", message_id="U" * 32)
+        conn.flush()
+
+
+def test_a_publish_the_broker_refuses_is_reported(broker: Broker) -> None:
+    broker.declare_district("d1")
+    _bounded_queue(broker, "sync.bounded")
+    with pytest.raises(ConnectionClosed, match="refused"), broker.connect() as conn:
+        for i in range(3):
+            conn.publish("sync.bounded", b"{}", kind="event", message_id=f"{i:032X}")
+        conn.flush()
+    assert [s.ready for s in broker.queue_stats(["sync.bounded"])] == [1]

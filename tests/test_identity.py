@@ -17,7 +17,7 @@ import pytest
 
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks
-from messages.errors import Code, ConnectionClosed
+from messages.errors import BrokerRefused, Code
 from resync.brokers import Topology
 from resync.brokers.rabbitmq import RabbitBroker
 from resync.db import engine
@@ -53,19 +53,21 @@ def identities(rabbitmq_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_a_district_publishes_only_to_its_own_routing_key(identities: dict[str, Any]) -> None:
+    """A permission the broker refuses is a wrong setting, not a passing failure: ``BrokerRefused`` (fatal),
+    which the daemons do not retry."""
     d1, d2 = identities["d1"], identities["d2"]
     broker = RabbitBroker(identities["url"](d1))
     broker.declare_district(d1)  # not allowed to configure: uses the administrator's topology
     with broker.connect() as conn:
         conn.publish(Topology.events(d1), b"{}", kind="event", message_id="A" * 32)
         conn.flush()
-    with pytest.raises(ConnectionClosed), broker.connect() as conn:
+    with pytest.raises(BrokerRefused, match="ACCESS_REFUSED"), broker.connect() as conn:
         conn.publish(Topology.events(d2), b"{}", kind="event", message_id="B" * 32)
         conn.flush()
-    with pytest.raises(ConnectionClosed), broker.connect() as conn:
+    with pytest.raises(BrokerRefused, match="ACCESS_REFUSED"), broker.connect() as conn:
         conn.consume(Topology.acks(d2), prefetch=1)
         conn.fetch(1, timeout=2)
-    with pytest.raises(ConnectionClosed), broker.connect() as conn:
+    with pytest.raises(BrokerRefused, match="ACCESS_REFUSED"), broker.connect() as conn:
         conn.consume(Topology.events(d1), prefetch=1)  # only the state reads event queues
         conn.fetch(1, timeout=2)
     assert RabbitBroker(identities["url"](identities["state"])).queue_stats([Topology.events(d1)])[0].ready == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -112,6 +112,10 @@ class Connection(abc.ABC):
     user: str
     published: int = 0
     """How many messages have been published on this connection."""
+    blocked: str | None = None
+    """While the broker blocks this connection's publishing (a memory or disk alarm): the alarm."""
+    watch: Callable[[str | None], None] | None = None
+    """If set, told the alarm when the broker starts blocking publishing, and None when it stops."""
 
     @abc.abstractmethod
     def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,

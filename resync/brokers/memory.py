@@ -42,6 +42,8 @@ class _Queue:
     messages: deque[_Message] = field(default_factory=deque)
     unacked: int = 0
     consumers: int = 0
+    max_length: int | None = None
+    """Publishes beyond this many ready messages are refused (RabbitMQ's ``reject-publish`` overflow)."""
 
 
 class MemoryBroker(Broker):
@@ -58,6 +60,11 @@ class MemoryBroker(Broker):
         if cls._shared is None:
             cls._shared = cls()
         return cls._shared
+
+    def bound(self, queue: str, max_length: int) -> None:
+        """Declare ``queue`` holding at most ``max_length`` ready messages, refusing publishes beyond."""
+        with self.cond:
+            self.queues.setdefault(queue, _Queue(queue)).max_length = max_length
 
     def connect(self) -> MemoryConnection:
         return MemoryConnection(self)
@@ -84,6 +91,7 @@ class MemoryConnection(Connection):
         self._pending: dict[int, tuple[_Queue, _Message]] = {}
         self._consuming: list[_Queue] = []
         self._max_body = DEFAULT_MAX_BODY
+        self._refused: list[str] = []
         self._closed = False
 
     def _check(self) -> None:
@@ -95,14 +103,21 @@ class MemoryConnection(Connection):
         self._check()
         with self.broker.cond:
             queue = self.broker.queues.get(routing_key)
-            if queue is None:
-                raise ConnectionClosed(f"no queue is bound to routing key {routing_key!r}")
-            queue.messages.append(_Message(bytes(body), message_id, self.user, kind, headers=dict(headers or {})))
             self.published += 1
+            if queue is None:
+                self._refused.append(f"no queue for routing key {routing_key!r}")
+                return
+            if queue.max_length is not None and len(queue.messages) >= queue.max_length:
+                self._refused.append(f"the broker refused message {self.published} (a full queue)")
+                return
+            queue.messages.append(_Message(bytes(body), message_id, self.user, kind, headers=dict(headers or {})))
             self.broker.cond.notify_all()
 
     def flush(self, timeout: float = 60.0) -> None:
         self._check()
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise ConnectionClosed("; ".join(refused[:3]))
 
     def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
         self._check()
