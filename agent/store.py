@@ -3,6 +3,7 @@ every batch), per-object counts, the agent log (one final outcome per record) an
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,11 +374,19 @@ class AgentStore:
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Per active batch: records sent that have not been acknowledged yet."""
-        query = (select(batch.c.batch_id, batch.c.status, func.sum(batch_object.c.sent).label("sent"),
+        query = (select(batch.c.batch_id, batch.c.status, batch.c.started_at,
+                        func.sum(batch_object.c.sent).label("sent"),
                         func.sum(batch_object.c.processed).label("processed"))
                  .join(batch_object, batch_object.c.batch_id == batch.c.batch_id)
-                 .where(batch.c.status.in_(ACTIVE)).group_by(batch.c.batch_id, batch.c.status))
+                 .where(batch.c.status.in_(ACTIVE)).group_by(batch.c.batch_id, batch.c.status, batch.c.started_at))
         with self.engine.connect() as conn:
-            return [{"batch_id": r.batch_id, "status": r.status, "sent": int(r.sent or 0),
+            return [{"batch_id": r.batch_id, "status": r.status, "started_at": r.started_at, "sent": int(r.sent or 0),
                      "processed": int(r.processed or 0), "awaiting_ack": int((r.sent or 0) - (r.processed or 0))}
                     for r in conn.execute(query)]
+
+    def unanswered(self, older_than: float = 30.0) -> int:
+        """Records sent by active batches started over ``older_than`` seconds ago of which not one is answered."""
+        now = dt.datetime.now(dt.UTC)
+        return sum(r["sent"] for r in self.in_flight() if r["processed"] == 0 and r["started_at"]
+                   and (now - dt.datetime.fromisoformat(r["started_at"].replace("Z", "+00:00"))).total_seconds()
+                   > older_than)

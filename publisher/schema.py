@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, MetaData, Table, func, select
+from sqlalchemy import Engine, MetaData, Table, func, inspect, select
 
 from messages.catalog import Catalog
 from resync.db import create_all
@@ -29,10 +29,13 @@ class DistrictSchema:
         with engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def missing(self, engine: Engine) -> list[str]:
+        """Enabled objects whose table the database does not have, in send order."""
+        have = set(inspect(engine).get_table_names())
+        return [name for name, table in self.tables.items() if table.name not in have]
+
     def count_all(self, engine: Engine) -> int:
         """Records in the District table (0 when the tables do not exist yet)."""
-        from sqlalchemy import inspect
-
         if not inspect(engine).has_table(self.tables["District"].name):
             return 0
         return self.count(engine, "District", None)

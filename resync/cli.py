@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -12,18 +13,21 @@ from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from sqlalchemy.exc import DBAPIError
 
 from agent.status import LEGEND, plan_batch, reminders, status_rows
 from agent.store import ACTIVE, STATE, AgentStore
 from messages import catalog as catalog_mod
 from messages.catalog import Catalog
 from messages.errors import FatalError, ResyncError
+from publisher.schema import DistrictSchema
 from resync import liveness, logs
 from resync.brokers import Broker, Topology, broker_for
 from resync.brokers.base import DEAD_LETTER_QUEUE
 from resync.cli_verify import verify
 from resync.db import engine
 from resync.render import DOTS, console, emit_json, table, when
+from resync.retry import misconfigured
 from resync.settings import Settings
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -137,6 +141,11 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
+    missing = DistrictSchema(c.catalog).missing(store.engine)
+    if missing:
+        raise FatalError(f"the district database has no table for {missing[0]}"
+                         + (f" (nor for {len(missing) - 1} more objects)" if len(missing) > 1 else "")
+                         + ": run `resync seed`, or point RESYNC_DISTRICT_DB (--district-db) at your SIS copy")
     plan = plan_batch(c.catalog, store.engine, c.settings, list(names), send_all=send_all,
                       check_dependencies=check_dependencies, year=y)
     if dry_run:
@@ -161,7 +170,15 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
         with local_site(c.settings, c.catalog) as alive:  # the embedded default: both sides run here
             watch(store, batch_id, alive)
     elif wait:
-        watch(store, batch_id, daemons=lambda: liveness.check(c.settings))
+        district_warnings(c, store, strict=True)  # a broker that cannot be reached is said now, not waited on
+        watch(store, batch_id, daemons=lambda: district_warnings(c, store))
+
+
+def district_warnings(c: Ctx, store: AgentStore, strict: bool = False) -> list[str]:
+    """What keeps this district's data from moving: a daemon not running, a broker blocking publishing, a state
+    that answers none of the records it takes."""
+    blocked = store.blocked()
+    return ([blocked] if blocked else []) + liveness.check(c.settings, store.unanswered(), strict)
 
 
 def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: True,
@@ -176,9 +193,9 @@ def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: 
         while True:
             if time.monotonic() >= next_check:
                 for line in daemons():
-                    if line not in said:
+                    if (key := re.sub(r"[\d,]+", "#", line)) not in said:  # once each, whatever counts it shows
                         progress.console.print(f"[bold red]Warning:[/] {line}")
-                        said.add(line)
+                        said.add(key)
                 next_check = time.monotonic() + 5
             objs = store.batch_objects(batch_id)
             for o in objs:
@@ -216,7 +233,7 @@ def status(c: Ctx, year: str | None, hide_completed: bool, as_json: bool) -> Non
     store = c.store()
     rows = status_rows(c.catalog, store, c.settings, y, hide_completed=hide_completed)
     due = reminders(c.settings, store)
-    down = liveness.check(c.settings)
+    down = district_warnings(c, store)
     if as_json:
         for line in due:
             click.echo(f"reminder: {line}", err=True)
@@ -316,8 +333,11 @@ def queue(c: Ctx, as_json: bool) -> None:
         stats = broker.queue_stats(queues)
     except ResyncError as e:
         raise FatalError(f"cannot read the queues from {broker.describe()}: {e}") from None
-    in_flight = c.store().in_flight()
-    down = liveness.warnings(stats, c.settings.district) if c.settings.broker_url else []
+    store = c.store()
+    in_flight = store.in_flight()
+    blocked = store.blocked()
+    down = ([blocked] if blocked else []) + liveness.warnings(stats, c.settings.district) + liveness.unanswered(
+        stats, c.settings.district, broker.user, store.unanswered())
     if as_json:
         return emit_json({"queues": [{"queue": s.queue, "ready": s.ready, "unacknowledged": s.unacknowledged,
                                       "consumers": s.consumers} for s in stats], "in_flight": in_flight,
@@ -565,6 +585,13 @@ def main() -> None:
         sys.exit(e.exit_code)
     except FatalError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except DBAPIError as e:  # a database that cannot be reached or used: a setting to check, said in one line
+        fatal = misconfigured(e)
+        reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
+        click.echo(f"error: {fatal}" if fatal else f"error: cannot use the database: {reason[:300]}: check "
+                   "RESYNC_DISTRICT_DB / RESYNC_STATE_DB (--district-db / --state-db) and that its server runs",
+                   err=True)
         sys.exit(2)
     except ResyncError as e:
         click.echo(f"error: {e}", err=True)

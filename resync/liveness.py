@@ -1,11 +1,14 @@
-"""Whether the daemons a district relies on are there: the broker knows who consumes each queue.
+"""Whether what a district relies on is there: the broker knows who consumes each queue.
 
 The state's receiver consumes the district's event queue and the district's agent its ack queue; a
-queue with no consumer means that daemon has died, was never started, or cannot reach the broker.
+queue with no consumer means that daemon has died, was never started, or cannot reach the broker. A
+receiver that takes the district's records and answers none of them most often does not know the broker
+user the district publishes as.
 """
 
 from __future__ import annotations
 
+from messages.errors import BrokerRefused, FatalError, ResyncError
 from resync.brokers import QueueStats, Topology, broker_for
 from resync.settings import Settings
 
@@ -24,13 +27,34 @@ def warnings(stats: list[QueueStats], district: str) -> list[str]:
     return out
 
 
-def check(settings: Settings) -> list[str]:
-    """The warnings for this district, or none when there is no broker to ask (the embedded default runs
-    both daemons inside the command) or it cannot be reached (the command says so elsewhere)."""
+def unanswered(stats: list[QueueStats], district: str, user: str, waiting: int) -> list[str]:
+    """The likely cause when ``waiting`` records were sent a while ago, none of them is answered yet, and the
+    state's receiver is there taking them."""
+    events = {s.queue: s for s in stats}.get(Topology.events(district))
+    if not waiting or events is None or events.consumers == 0:
+        return []
+    return [f"{waiting:,} record(s) sent and none answered, although the state's receiver consumes {events.queue}: "
+            f"most likely the state's RESYNC_DISTRICT_USERS does not name {user!r} (the broker user this agent "
+            f"publishes as) for {district}, so the receiver sets every record aside unanswered; ask the state to "
+            "check it"]
+
+
+def check(settings: Settings, waiting: int = 0, strict: bool = False) -> list[str]:
+    """The warnings for this district (``waiting``: records sent a while ago with no answer at all), or none
+    when there is no broker to ask (the embedded default runs both daemons inside the command). A broker that
+    cannot be reached tells nothing about the daemons, unless ``strict``: then it is a ``FatalError``."""
     if not settings.broker_url:
         return []
-    broker = broker_for(settings)
+    broker = broker_for(settings, "resync status")
     try:
-        return warnings(broker.queue_stats(Topology.queues(settings.district)), settings.district)
-    except Exception:  # a broker that cannot be asked tells nothing about the daemons
+        if strict:
+            broker.connect().close()
+        stats = broker.queue_stats(Topology.queues(settings.district))
+    except BrokerRefused:
+        raise
+    except ResyncError as e:
+        if strict:
+            raise FatalError(f"cannot reach {broker.describe()}: {e}: check RESYNC_BROKER_URL (--broker-url) and "
+                             "that RabbitMQ runs") from None
         return []
+    return warnings(stats, settings.district) + unanswered(stats, settings.district, broker.user, waiting)

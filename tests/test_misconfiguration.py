@@ -1,0 +1,137 @@
+"""A wrong setting stops a command or a daemon at once with one line that names what to fix, and exit status 2:
+never a traceback, never a retry loop, never a wait that does not end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from messages.errors import BrokerRefused
+from resync.brokers.rabbitmq import RabbitBroker
+from resync.brokers.rabbitmq_connection import RabbitConnection
+from tests.conftest import rabbitmqctl
+
+DAEMON_GUARD = 90  # seconds: a daemon that retries instead of stopping fails the test here
+
+
+def resync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resync", *args], env=env, capture_output=True, text=True,
+                          timeout=DAEMON_GUARD)
+
+
+def said_once(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The one error line of a command that stopped with exit status 2; it holds each of ``words``."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RESYNC_")}
+    return {**clean, "RESYNC_HOME": str(tmp_path / "home"), "RESYNC_STATE_USER": "guest"}
+
+
+@pytest.mark.parametrize(("setting", "value", "words"), [
+    ("RESYNC_BROKER_URL", "http://127.0.0.1:15672/", ("is not an AMQP URL", "amqp://")),
+    ("RESYNC_BROKER_URL", "amqp://guest:guest@127.0.0.1:notaport/", ("is not an AMQP URL",)),
+    ("RESYNC_HEARTBEAT", "1", ("RESYNC_HEARTBEAT", "2 to 3600")),
+    ("RESYNC_DISTRICT_DB", "sqlite:////no/such/dir/x.db", ("'/no/such/dir' does not exist", "RESYNC_DISTRICT_DB")),
+    ("RESYNC_DISTRICT_DB", "mysql://x@localhost/db", ("not supported",)),
+])
+def test_a_wrong_setting_is_one_line(env: dict[str, str], setting: str, value: str, words: tuple[str, ...]) -> None:
+    said_once(resync({**env, setting: value}, "status"), *words)
+
+
+def test_an_unreachable_database_is_one_line(env: dict[str, str]) -> None:
+    env["RESYNC_DISTRICT_DB"] = "postgresql://postgres@127.0.0.1:1/district"
+    said_once(resync(env, "status"), "cannot use the database", "Connection refused", "RESYNC_DISTRICT_DB")
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist_is_one_line_for_commands_and_daemons(
+        env: dict[str, str], postgres_db: Any) -> None:
+    postgres_db()  # PostgreSQL is there (else this skips, or fails under CI)
+    missing = f"postgresql://postgres@127.0.0.1:5432/nothing_{uuid.uuid4().hex[:8]}"
+    said_once(resync({**env, "RESYNC_DISTRICT_DB": missing}, "status"), "does not exist", "RESYNC_DISTRICT_DB")
+    said_once(resync({**env, "RESYNC_STATE_DB": missing, "RESYNC_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/"},
+                     "receiver", "run"), "does not exist", "RESYNC_STATE_DB")
+
+
+def test_sending_from_an_unseeded_district_database_is_one_line(env: dict[str, str]) -> None:
+    said_once(resync(env, "send", "--all"), "no table for District", "resync seed")
+
+
+def test_waiting_on_a_broker_that_cannot_be_reached_ends(env: dict[str, str]) -> None:
+    assert resync(env, "seed", "--students", "5").returncode == 0
+    result = resync({**env, "RESYNC_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}, "send", "--all", "--wait")
+    said_once(result, "cannot reach", "RESYNC_BROKER_URL")
+
+
+@pytest.fixture
+def vhost_url(rabbitmq_url: str) -> Iterator[tuple[str, str]]:
+    """The test vhost's URL, and its name."""
+    yield rabbitmq_url, urllib.parse.unquote(urllib.parse.urlparse(rabbitmq_url).path[1:])
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("daemon", ["agent", "receiver"])
+def test_a_wrong_password_stops_the_daemon(env: dict[str, str], vhost_url: tuple[str, str], daemon: str) -> None:
+    url = vhost_url[0].replace("guest:guest@", "guest:wrong@")
+    said_once(resync({**env, "RESYNC_BROKER_URL": url}, daemon, "run"), "refused the login of user 'guest'",
+              "RESYNC_BROKER_URL")
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("daemon", ["agent", "receiver"])
+def test_a_vhost_that_does_not_exist_stops_the_daemon(env: dict[str, str], vhost_url: tuple[str, str],
+                                                     daemon: str) -> None:
+    url = vhost_url[0].rsplit("/", 1)[0] + f"/no-such-vhost-{uuid.uuid4().hex[:6]}"
+    said_once(resync({**env, "RESYNC_BROKER_URL": url}, daemon, "run"), "vhost", "RESYNC_BROKER_URL")
+
+
+@pytest.mark.rabbitmq
+def test_a_missing_permission_stops_the_agent(env: dict[str, str], vhost_url: tuple[str, str]) -> None:
+    """A user that may log in but not read its district's queues: the agent stops, naming the refusal."""
+    url, vhost = vhost_url
+    user = f"noperm-{uuid.uuid4().hex[:6]}"
+    RabbitBroker(url).declare_district("district-1")  # the topology exists; the user just may not use it
+    rabbitmqctl("add_user", user, "secret")
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, user, "", "", "")
+        said_once(resync({**env, "RESYNC_BROKER_URL": url.replace("guest:guest@", f"{user}:secret@")},
+                         "agent", "run"), "ACCESS_REFUSED", user)
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
+@pytest.mark.rabbitmq
+def test_a_user_id_the_broker_refuses_is_fatal(vhost_url: tuple[str, str]) -> None:
+    """RabbitMQ checks every message's user_id against the login; a publisher whose user is not the one the
+    broker authenticated (as with a client certificate's user) is told so, not retried."""
+    broker = RabbitBroker(vhost_url[0])
+    broker.declare_district("district-1")
+    conn = RabbitConnection(broker.parameters(), "somebody-else", broker.describe())
+    with pytest.raises(BrokerRefused, match="user_id"):
+        try:
+            conn.publish("sync.district-1", b"{}", kind="event", message_id="A" * 32)
+            conn.flush()
+        finally:
+            conn.close()
+    check = pika.BlockingConnection(pika.URLParameters(vhost_url[0]))
+    try:
+        assert check.channel().queue_declare("sync.district-1", passive=True).method.message_count == 0
+    finally:
+        check.close()
