@@ -4,7 +4,7 @@ Two threads, each with its own broker connection: the publisher works through qu
 at a time, object by object in plan order, recording after each confirmed chunk how far it got (so a
 restarted agent carries on from there); the main thread consumes the district's ack queue.
 
-Between batches the publisher thread also moves verifications on (``agent/verifier.py``), and a delta
+Between batches the publisher thread also moves verifications on (``agent/verification_steps.py``), and a delta
 batch starts with one; manifest parts come in on the ack thread.
 
 The publisher paces itself: it keeps at most ``max_in_flight`` records sent and not yet answered by
@@ -21,9 +21,13 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import Engine
 
-from agent.status import SEVERITY, colour, plan_batch
+from agent.status import plan_batch
 from agent.store import STATE, AgentStore
-from agent.verifier import Verifier
+from agent.verification_steps import Verifier
+from core.brokers import Broker, Delivery, Topology
+from core.brokers.base import sender_of
+from core.retry import TRANSIENT, narrow, run_forever
+from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import (
     MAX_ACK_MESSAGE,
@@ -42,12 +46,9 @@ from messages.envelope import (
 )
 from messages.errors import BrokerRefused, Category, Code, DecodeError, FatalError
 from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY
+from messages.status import SEVERITY, colour
 from messages.text import clean
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
-from resync.brokers import Broker, Delivery, Topology
-from resync.brokers.base import sender_of
-from resync.retry import TRANSIENT, narrow, run_forever
-from resync.settings import Settings
 
 log = structlog.get_logger()
 

@@ -9,20 +9,11 @@ from typing import Any
 from sqlalchemy import Engine
 
 from agent.store import ACTIVE, AgentStore, PlannedObject
+from core.settings import Settings
 from messages.catalog import Catalog
 from messages.errors import ConfigError
+from messages.status import colour
 from publisher.schema import DistrictSchema
-from resync.settings import Settings
-
-ERROR_THRESHOLD = 0.01  # the vendor's 1.0 %
-SEVERITY = ["green", "yellow", "red"]
-
-LEGEND = {
-    "green": "completed with no errors",
-    "yellow": "completed with errors <= 1.0%",
-    "red": "completed with errors > 1.0%",
-    "gray": "still processing",
-}
 
 
 @dataclass
@@ -39,14 +30,6 @@ class StatusRow:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def colour(processed: int, errors: int, finished: bool) -> str:
-    if not finished:
-        return "gray"
-    if errors == 0:
-        return "green"
-    return "yellow" if errors <= ERROR_THRESHOLD * processed else "red"
 
 
 def status_rows(catalog: Catalog, store: AgentStore, settings: Settings, year: int, *,

@@ -8,102 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     func,
     select,
     update,
 )
 
+from agent.tables import agent_log, batch, batch_object, error_log, metadata, process_alert
+from core.db import create_all, insert_many
 from messages.envelope import Ack, new_id, now_ts
 from messages.text import clean
-from resync.db import create_all, insert_many
-
-metadata = MetaData()
-
-batch = Table(
-    "resync_batch", metadata,
-    Column("batch_id", String(32), primary_key=True),
-    Column("kind", String(16), nullable=False),  # full | partial
-    Column("initiator", String(16), nullable=False),  # district | state
-    Column("requested_by", String(128), nullable=False),
-    Column("school_year", Integer, nullable=False),
-    Column("check_dependencies", Boolean, nullable=False),
-    Column("status", String(16), nullable=False),  # queued | running | sent | completed | failed | cancelled
-    Column("created_at", String(32), nullable=False),
-    Column("started_at", String(32)),
-    Column("sent_at", String(32)),
-    Column("completed_at", String(32)),
-    Column("message", Text),
-    Column("request_id", String(32), unique=True),  # the state's request, for a state-initiated batch
-    Column("max_rate", Integer),  # records per second the agent may send, or null for as fast as it can
-    Column("delta", Boolean),  # only what differs from the state's manifest (null: an older, whole batch)
-)
-
-batch_object = Table(
-    "resync_batch_object", metadata,
-    Column("batch_id", String(32), primary_key=True),
-    Column("object", String(64), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("school_year", Integer, nullable=False),
-    Column("expected", Integer, nullable=False),
-    Column("started_at", String(32)),
-    Column("sent_at", String(32)),
-    Column("completed_at", String(32)),
-    Column("changes_sent_at", String(32)),  # a delta batch: its missing and different records all sent
-    Column("sent", Integer, nullable=False, default=0),
-    Column("processed", Integer, nullable=False, default=0),
-    Column("errors", Integer, nullable=False, default=0),
-    Column("last_ref_id", String(32), nullable=False, default=""),
-    Index("ix_resync_batch_object_object", "object", "school_year"),
-)
-
-agent_log = Table(
-    "agent_log", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("msg_id", String(32), nullable=False, unique=True),
-    Column("batch_id", String(32)),
-    Column("object", String(64)),
-    Column("ref_id", String(32)),
-    Column("status", String(8), nullable=False),
-    Column("category", Integer),
-    Column("code", String(8)),
-    Column("description", Text),
-    Column("logged_at", String(32), nullable=False),
-    Index("ix_agent_log_batch", "batch_id", "object"),
-)
-
-error_log = Table(
-    "agent_error_log", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("logged_at", String(32), nullable=False),
-    Column("batch_id", String(32)),
-    Column("object", String(64)),
-    Column("ref_id", String(32)),
-    Column("msg_id", String(32)),
-    Column("category", Integer),
-    Column("code", String(8)),
-    Column("description", Text, nullable=False),
-    Column("extended", Text),
-)
-
-process_alert = Table(
-    "process_alert", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("process", String(64), nullable=False),
-    Column("name", String(200), nullable=False),
-    Column("posted", String(32), nullable=False),
-    Column("due", String(32)),
-    Column("read", Boolean, nullable=False, default=False),
-    Column("detail", Text),
-)
 
 ACTIVE = ("queued", "running", "sent")
 BLOCKED = "Broker blocked publishing"
@@ -123,7 +37,6 @@ class AgentStore:
         self.engine = engine
 
     def create(self) -> None:
-        import agent.verify  # noqa: F401  (its tables live in this metadata)
 
         create_all(metadata, self.engine)
 

@@ -33,11 +33,11 @@ import psycopg
 from sqlalchemy import func, select
 
 from agent.store import AgentStore
+from core.brokers import Topology
+from core.brokers.rabbitmq import RabbitBroker
+from core.db import engine
 from messages import catalog as catalog_mod
 from publisher.schema import DistrictSchema
-from resync.brokers import Topology
-from resync.brokers.rabbitmq import RabbitBroker
-from resync.db import engine
 from state_receiver.schema import StateSchema
 
 RECORDS_PER_STUDENT = 26.8  # what `resync seed` makes, measured at 4,000 students

@@ -15,14 +15,14 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from core.brokers import Connection, Topology
+from core.db import keyset_pages
+from core.tables import to_wire
 from messages.catalog import Catalog, ref_column
 from messages.codec import MAX_BODY, encode_event, encode_marker
 from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, stable_id
 from messages.fields import fields
 from publisher.schema import DistrictSchema
-from resync.brokers import Connection, Topology
-from resync.db import keyset_pages
-from resync.tables import to_wire
 
 CHUNK = 2_000
 PACE_EVERY = 50

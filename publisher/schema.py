@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, MetaData, Table, func, inspect, select
 
+from core.db import create_all
+from core.tables import object_tables
 from messages.catalog import Catalog
-from resync.db import create_all
-from resync.tables import object_tables
 
 
 class DistrictSchema:

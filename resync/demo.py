@@ -8,13 +8,13 @@ from rich.console import Console
 
 from agent.status import plan_batch
 from agent.store import AgentStore
+from core.brokers import broker_for
+from core.db import engine
+from core.settings import Settings
 from messages.catalog import Catalog
 from publisher.schema import DistrictSchema
 from publisher.seed import seed
-from resync.brokers import broker_for
-from resync.db import engine
 from resync.local import local_site
-from resync.settings import Settings
 
 console = Console(stderr=True)
 
@@ -40,7 +40,7 @@ def run_demo(settings: Settings, catalog: Catalog, *, students: int, reset: bool
     else:
         console.print("the district database already holds a district; resyncing it (use --reset to start again)")
 
-    from resync.cli import watch
+    from resync.cli.district import watch
 
     with local_site(settings, catalog, broker) as alive:
         plan = plan_batch(catalog, district_engine, settings, [], send_all=True, check_dependencies=False,

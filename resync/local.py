@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 
 from agent.daemon import Agent
+from core.brokers import Broker, Topology, broker_for
+from core.db import engine
+from core.settings import Settings
 from messages.catalog import Catalog
-from resync.brokers import Broker, Topology, broker_for
-from resync.db import engine
-from resync.settings import Settings
 from state_receiver.daemon import Receiver
 
 DRAIN_LIMIT = 60.0
@@ -25,7 +25,7 @@ def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = Non
     would drown the command's own output: below a warning they are left out unless asked for."""
     import click
 
-    from resync import logs
+    from core import logs
 
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().params.get("log_level") == "INFO":

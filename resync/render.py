@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from messages.status import LEGEND
+
 console = Console(width=None if sys.stdout.isatty() else 140)
 DOTS = {"green": "[green]●[/]", "yellow": "[yellow]●[/]", "red": "[red]●[/]", "gray": "[bright_black]●[/]"}
 
@@ -34,3 +36,14 @@ def when(ts: str | None) -> str:
     date, _, time = ts.partition("T")
     y, m, d = date.split("-")
     return f"{m}/{d}/{y} {time[:8]}"
+
+
+def show_status_table(title: str, rows: list[Any]) -> None:
+    legend = "   ".join(f"{DOTS[k]} {v}" for k, v in LEGEND.items())
+    rows = [r if isinstance(r, dict) else r.as_dict() for r in rows]
+    table(title,
+          ["DIS Objects", "Last Resync", "Sent", "Results", "Status"],
+          [("  " * r["depth"] + r["object"], when(r["last_resync"]), r["sent"] if r["last_resync"] else "",
+            f"Processed: {r['processed']} Errors: {r['errors']}" if r["last_resync"] else "",
+            DOTS.get(r["status"] or "", "")) for r in rows])
+    console.print(legend, soft_wrap=True)

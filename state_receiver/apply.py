@@ -17,14 +17,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, select, text
 
+from core.db import insert_many, one_of
+from core.tables import from_wire
 from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
 from messages.errors import Category, Code
 from messages.fields import fields
 from messages.manifest import record_digest
 from messages.text import clean
-from resync.db import insert_many, one_of
-from resync.tables import from_wire
 from state_receiver.schema import StateSchema
 
 

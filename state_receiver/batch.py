@@ -16,6 +16,10 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
+from core.brokers import Delivery
+from core.brokers.base import sender_of
+from core.retry import narrow, permanent
+from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import (
     MAX_MESSAGE,
@@ -28,10 +32,6 @@ from messages.codec import (
 from messages.envelope import REFID, Ack, ErrorInfo, Event, Kind, ManifestRequest, Marker, MarkerKind, VerifyReport
 from messages.errors import Category, Code, DecodeError, RecordError
 from messages.text import clean
-from resync.brokers import Delivery
-from resync.brokers.base import sender_of
-from resync.retry import narrow, permanent
-from resync.settings import Settings
 from state_receiver.apply import Incoming, apply, log_errors
 from state_receiver.schema import StateSchema
 

@@ -26,6 +26,11 @@ import structlog
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine, select
 
+from core.brokers import Broker, Connection, Delivery, Topology
+from core.brokers.base import sender_of
+from core.db import insert
+from core.retry import narrow, permanent, run_forever
+from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import MAX_ACK_MESSAGE, MAX_ACKS, encode_acks, encode_manifest_part
 from messages.envelope import (
@@ -43,11 +48,6 @@ from messages.envelope import (
 from messages.manifest import ENTRY
 from messages.text import clean
 from messages.validate import MAX_PARSED
-from resync.brokers import Broker, Connection, Delivery, Topology
-from resync.brokers.base import sender_of
-from resync.db import insert
-from resync.retry import narrow, permanent, run_forever
-from resync.settings import Settings
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
 from state_receiver.requests import on_markers

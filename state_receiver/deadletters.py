@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.brokers import Broker, Delivery, Topology
+from core.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER, sender_of
 from messages.codec import MAX_MESSAGE
-from resync.brokers import Broker, Delivery, Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE, DROPPED, ORIGIN, REASON, SENDER, sender_of
 
 MAX_SCAN = 10_000
 LISTED_BODY = 64 * 1024

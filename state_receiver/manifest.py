@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
+from core.db import keyset_pages
 from messages.envelope import ManifestPart, ManifestRequest, VerifyReport
 from messages.manifest import pack
-from resync.db import keyset_pages
 from state_receiver.schema import StateSchema
 
 PART = 5_000

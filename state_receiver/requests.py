@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select, update
 
-from agent.status import SEVERITY, colour
+from core.brokers import Broker, Topology
 from messages.catalog import Catalog
 from messages.codec import encode_request
 from messages.envelope import STATE_SOURCE, Kind, Marker, MarkerKind, ResyncRequest, new_id, now_ts
-from resync.brokers import Broker, Topology
+from messages.status import SEVERITY, colour
 from state_receiver.schema import StateSchema
 
 

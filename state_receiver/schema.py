@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
 
+from core.db import create_all
+from core.tables import REFID, object_tables
 from messages.catalog import Catalog
-from resync.db import create_all
-from resync.tables import REFID, object_tables
 
 
 class StateSchema:

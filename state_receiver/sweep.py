@@ -20,9 +20,9 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, String, and_, delete, exists, func, literal, select
 
+from core.db import insert
 from messages.catalog import ref_column
 from messages.envelope import MarkerKind
-from resync.db import insert
 from state_receiver.schema import StateSchema
 
 log = structlog.get_logger()

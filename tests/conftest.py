@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from resync.brokers.memory import MemoryBroker
-from resync.brokers.rabbitmq import RabbitBroker
-from resync.db import engine
+from core.brokers.memory import MemoryBroker
+from core.brokers.rabbitmq import RabbitBroker
+from core.db import engine
 from tests.site import Site
 
 CI = os.environ.get("CI") == "true"

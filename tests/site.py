@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, exists, func, select
 
 from agent.store import AgentStore
+from core.db import engine
 from messages import catalog as catalog_mod
 from messages.catalog import ref_column
 from publisher.schema import DistrictSchema
-from resync.db import engine
 from state_receiver.schema import StateSchema
 
 CATALOG = catalog_mod.load()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pika
 import pytest
 
+from core.brokers import Broker, Connection, Delivery, Topology
+from core.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
+from core.brokers.memory import MemoryBroker
+from core.brokers.rabbitmq import RabbitBroker
 from messages.errors import ConnectionClosed
-from resync.brokers import Broker, Connection, Delivery, Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE, ORIGIN, REASON, SENDER
-from resync.brokers.memory import MemoryBroker
-from resync.brokers.rabbitmq import RabbitBroker
 
 
 def _publish(broker: Broker, n: int, queue: str) -> None:

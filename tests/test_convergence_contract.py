@@ -13,13 +13,13 @@ from sqlalchemy import Engine, select, update
 
 from agent.status import plan_batch
 from agent.store import AgentStore
-from agent.verify import VerifyStore
+from agent.verification_store import VerifyStore
+from core.brokers.memory import MemoryBroker
+from core.db import engine
+from core.settings import Settings
 from messages.manifest import DIFFERENCES, DISTRICT_ONLY, MISMATCHED, STATE_ONLY
 from publisher.seed import seed
-from resync.brokers.memory import MemoryBroker
-from resync.db import engine
 from resync.local import local_site
-from resync.settings import Settings
 from tests.site import (
     CATALOG,
     DISTRICT,

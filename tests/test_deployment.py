@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
+from core.brokers.base import Topology
+from core.brokers.definitions import QUEUE_BYTES, definitions
+from core.settings import Settings
 from messages.codec import MAX_BODY, MAX_MESSAGE
-from resync.brokers.base import Topology
-from resync.brokers.definitions import QUEUE_BYTES, definitions
-from resync.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from agent.status import colour
 from agent.store import AgentStore
 from messages.errors import Code
+from messages.status import colour
 from tests.site import CATALOG, YEAR, Site, district_rows, rejected_by_state, state_refs
 
 pytestmark = pytest.mark.slow

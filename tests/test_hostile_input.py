@@ -16,10 +16,10 @@ import pika
 import pytest
 from sqlalchemy import func, select
 
+from core.db import engine
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, decode_manifest_part
 from messages.errors import Code
-from resync.db import engine
 from state_receiver.schema import StateSchema
 from tests.conftest import new_databases, new_vhost
 

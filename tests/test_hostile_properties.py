@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from agent.store import agent_log, batch
+from core.db import engine
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, decode_manifest_part, decode_request
 from messages.envelope import REFID
 from messages.errors import DecodeError
-from resync.db import engine
 from state_receiver.schema import StateSchema
 from tests.conftest import new_databases, new_vhost, rabbitmqctl
 
@@ -476,7 +476,7 @@ def test_a_forged_resync_request_is_never_laundered_by_a_requeue(env: Env) -> No
 
 def test_a_dead_daemon_is_named_by_queue_and_status(env: Env, tmp_path: Path) -> None:
     other = {**env.cli_env, "RESYNC_DISTRICT": "district-9"}
-    subprocess.run([sys.executable, "-c", "from resync.brokers import open_broker; import os; "
+    subprocess.run([sys.executable, "-c", "from core.brokers import open_broker; import os; "
                     "open_broker(os.environ['RESYNC_BROKER_URL']).declare_district('district-9')"],
                    env=other, check=True, timeout=60)
     queue = subprocess.run([sys.executable, "-m", "resync", "queue", "--json"], env=other, capture_output=True,

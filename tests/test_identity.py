@@ -15,13 +15,13 @@ import orjson
 import pika
 import pytest
 
+from core.brokers import Topology
+from core.brokers.rabbitmq import RabbitBroker
+from core.db import engine
+from core.settings import Settings
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks
 from messages.errors import BrokerRefused, Code
-from resync.brokers import Topology
-from resync.brokers.rabbitmq import RabbitBroker
-from resync.db import engine
-from resync.settings import Settings
 from state_receiver.daemon import Receiver
 
 pytestmark = pytest.mark.slow

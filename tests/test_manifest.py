@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.db import engine
 from messages import catalog as catalog_mod
 from messages.codec import (
     decode_manifest_part,
@@ -33,7 +34,6 @@ from messages.manifest import (
     record_digest,
     unpack,
 )
-from resync.db import engine
 from state_receiver.manifest import PART, manifest_parts
 from state_receiver.schema import StateSchema
 

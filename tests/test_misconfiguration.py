@@ -15,9 +15,9 @@ from typing import Any
 import pika
 import pytest
 
+from core.brokers.rabbitmq import RabbitBroker
+from core.brokers.rabbitmq_connection import RabbitConnection
 from messages.errors import BrokerRefused
-from resync.brokers.rabbitmq import RabbitBroker
-from resync.brokers.rabbitmq_connection import RabbitConnection
 from tests.conftest import rabbitmqctl
 
 DAEMON_GUARD = 90  # seconds: a daemon that retries instead of stopping fails the test here

@@ -18,14 +18,14 @@ import pika.exceptions
 import pytest
 from sqlalchemy import select, text, update
 
+from core.brokers.base import Delivery
+from core.brokers.memory import MemoryBroker
+from core.db import engine
+from core.settings import Settings
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, encode_event
 from messages.envelope import Ack, Action, Event, new_id, now_ts
 from messages.errors import Code
-from resync.brokers.base import Delivery
-from resync.brokers.memory import MemoryBroker
-from resync.db import engine
-from resync.settings import Settings
 from state_receiver.daemon import Receiver
 from tests.site import CATALOG, DISTRICT, YEAR, Site, clone, district_rows, expected_state, orphans, state_refs
 

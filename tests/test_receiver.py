@@ -9,15 +9,15 @@ import orjson
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from core.brokers import Topology
+from core.brokers.base import DEAD_LETTER_QUEUE
+from core.brokers.memory import MemoryBroker
+from core.db import engine
+from core.settings import Settings
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, encode_event
 from messages.envelope import Ack, Action, Event, Kind, new_id
 from messages.errors import Code
-from resync.brokers import Topology
-from resync.brokers.base import DEAD_LETTER_QUEUE
-from resync.brokers.memory import MemoryBroker
-from resync.db import engine
-from resync.settings import Settings
 from state_receiver.daemon import Receiver
 
 CATALOG = catalog_mod.load()

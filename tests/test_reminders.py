@@ -9,8 +9,8 @@ import pytest
 
 from agent.status import reminders
 from agent.store import AgentStore
-from resync.db import engine
-from resync.settings import Settings
+from core.db import engine
+from core.settings import Settings
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from agent.store import AgentStore
+from core.brokers import Topology
+from core.brokers.rabbitmq import RabbitBroker
 from messages.codec import encode_request
 from messages.envelope import STATE_SOURCE, Kind, ResyncRequest, new_id, now_ts
-from resync.brokers import Topology
-from resync.brokers.rabbitmq import RabbitBroker
 from state_receiver.schema import StateSchema
 from tests.conftest import rabbitmqctl
 from tests.site import CATALOG, YEAR, Site, district_rows, rejected_by_state, state_refs

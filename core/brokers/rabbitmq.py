@@ -1,5 +1,5 @@
 """RabbitMQ through pika, the only client library this project uses (see ``rabbitmq_connection.py`` for the
-connection itself). The only package that imports an AMQP client is ``resync.brokers``; pika's errors are
+connection itself). The only package that imports an AMQP client is ``core.brokers``; pika's errors are
 converted at this edge (``refusals.py``), so nothing above it sees an AMQP exception type.
 """
 
@@ -16,9 +16,8 @@ from typing import Any
 import pika
 import structlog
 
-from messages.errors import BrokerRefused, ConfigError, ConnectionClosed
-from resync.brokers import DEFAULT_HEARTBEAT
-from resync.brokers.base import (
+from core.brokers import DEFAULT_HEARTBEAT
+from core.brokers.base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     EXCHANGE,
@@ -26,7 +25,8 @@ from resync.brokers.base import (
     QueueStats,
     Topology,
 )
-from resync.brokers.rabbitmq_connection import RabbitConnection
+from core.brokers.rabbitmq_connection import RabbitConnection
+from messages.errors import BrokerRefused, ConfigError, ConnectionClosed
 
 log = structlog.get_logger()
 BLOCKED_TIMEOUT = 300.0

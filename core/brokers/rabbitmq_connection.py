@@ -20,8 +20,7 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
-from messages.errors import ConnectionClosed, ResyncError
-from resync.brokers.base import (
+from core.brokers.base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     DEFAULT_MAX_BODY,
@@ -31,7 +30,8 @@ from resync.brokers.base import (
     Delivery,
     dead_letter_headers,
 )
-from resync.brokers.refusals import converted
+from core.brokers.refusals import converted
+from messages.errors import ConnectionClosed, ResyncError
 
 log = structlog.get_logger()
 _WINDOW = 20_000  # unconfirmed messages in flight before publish waits

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core.brokers.base import check_district
 from messages.codec import MAX_MESSAGE
 from messages.errors import ConfigError
-from resync.brokers.base import check_district
 
 
 def current_school_year(today: dt.date | None = None) -> int:

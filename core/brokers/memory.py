@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from messages.errors import ConnectionClosed
-from resync.brokers.base import (
+from core.brokers.base import (
     DEAD_LETTER_QUEUE,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_BYTES,
@@ -24,6 +23,7 @@ from resync.brokers.base import (
     Topology,
     dead_letter_headers,
 )
+from messages.errors import ConnectionClosed
 
 
 @dataclass

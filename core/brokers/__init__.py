@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resync.brokers.base import Broker, Connection, Delivery, QueueStats, Topology
+from core.brokers.base import Broker, Connection, Delivery, QueueStats, Topology
 
 if TYPE_CHECKING:
-    from resync.settings import Settings
+    from core.settings import Settings
 
 DEFAULT_HEARTBEAT = 30
 
@@ -19,10 +19,10 @@ def open_broker(url: str | None, management_url: str | None = None, tls: dict[st
     ``tls``: ``ca_certs`` / ``certfile`` / ``keyfile`` for an ``amqps://`` URL; ``name`` is the connection's
     name in RabbitMQ's listings."""
     if not url or url.startswith("memory://"):
-        from resync.brokers.memory import MemoryBroker
+        from core.brokers.memory import MemoryBroker
 
         return MemoryBroker.shared()
-    from resync.brokers.rabbitmq import RabbitBroker
+    from core.brokers.rabbitmq import RabbitBroker
 
     return RabbitBroker(url, management_url, tls, heartbeat, name)
 

@@ -8,9 +8,9 @@ user the district publishes as.
 
 from __future__ import annotations
 
+from core.brokers import QueueStats, Topology, broker_for
+from core.settings import Settings
 from messages.errors import BrokerRefused, FatalError, ResyncError
-from resync.brokers import QueueStats, Topology, broker_for
-from resync.settings import Settings
 
 
 def warnings(stats: list[QueueStats], district: str) -> list[str]:

@@ -30,7 +30,7 @@ def verify(c: Any, names: tuple[str, ...], year: str | None, details: bool, targ
     both sides, records only at the district, only at the state, and different; whether to resync."""
     if target:
         return _state_side(c, target, names, year, details, as_json)
-    from agent.verify import VerifyStore
+    from agent.verification_store import VerifyStore
 
     y = c.year(year)
     objects = pick_objects(c.catalog, c.settings, list(names), send_all=not names, check_dependencies=False, year=y)
@@ -97,9 +97,9 @@ def _wait(fetch: Callable[[], dict[str, Any] | None], alive: Callable[[], bool],
 
 def _state_side(c: Any, target: str, names: tuple[str, ...], year: str | None, details: bool,
                 as_json: bool) -> None:
+    from core.brokers.base import check_district
     from messages.envelope import Kind
-    from resync.brokers.base import check_district
-    from resync.cli import _needs_broker
+    from resync.cli.app import needs_broker
     from state_receiver.manifest import verification
     from state_receiver.requests import send_request
     from state_receiver.schema import StateSchema
@@ -107,7 +107,7 @@ def _state_side(c: Any, target: str, names: tuple[str, ...], year: str | None, d
     label = year or "current"
     if label not in ("current", "previous", "next"):
         raise ConfigError(f"--year {label!r} is not valid with --district: use current, previous or next")
-    broker = _needs_broker(c, "verify --district")
+    broker = needs_broker(c, "verify --district")
     eng, schema = c.state_engine(), StateSchema(c.catalog)
     request_id = send_request(broker, eng, schema, check_district(target), list(names) or None, label,
                               "state administrator", kind=Kind.VERIFY_REQUEST)

@@ -14,16 +14,16 @@ from sqlalchemy import Engine
 
 from agent.status import pick_objects
 from agent.store import STATE, AgentStore
-from agent.verify import PENDING, VerifyStore, compare_run
+from agent.verification_store import PENDING, VerifyStore, compare_run
+from core.brokers import Broker, Topology
+from core.retry import TRANSIENT
+from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import MAX_TEXT, REPORT_REFS, encode_manifest_request, encode_verify_report
 from messages.envelope import Kind, ManifestPart, ManifestRequest, ResyncRequest, VerifyReport, now_ts, stable_id
 from messages.errors import ConfigError, FatalError
 from messages.manifest import Comparison
 from messages.text import clean
-from resync.brokers import Broker, Topology
-from resync.retry import TRANSIENT
-from resync.settings import Settings
 
 log = structlog.get_logger()
 

@@ -1,83 +1,24 @@
-"""The ``resync`` command line."""
+"""District commands, for district IT and data administrators: resync, status, history, logs, queue, alerts."""
 
 from __future__ import annotations
 
 import re
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy.exc import DBAPIError
 
-from agent.status import LEGEND, plan_batch, reminders, status_rows
+from agent.status import plan_batch, reminders, status_rows
 from agent.store import ACTIVE, STATE, AgentStore
-from messages import catalog as catalog_mod
-from messages.catalog import Catalog
+from core import liveness
+from core.brokers import Topology, broker_for
+from core.brokers.base import DEAD_LETTER_QUEUE
 from messages.errors import FatalError, ResyncError
 from publisher.schema import DistrictSchema
-from resync import liveness, logs
-from resync.brokers import Broker, Topology, broker_for
-from resync.brokers.base import DEAD_LETTER_QUEUE
-from resync.cli_verify import verify
-from resync.db import engine
-from resync.render import DOTS, console, emit_json, table, when
-from resync.retry import misconfigured
-from resync.settings import Settings
-
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-YEAR = click.option("--year", help="current, previous, next, or a year like 2027 (default: current).")
-
-
-class Ctx:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._catalog: Catalog | None = None
-
-    @property
-    def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = catalog_mod.load(self.settings.objects)
-        return self._catalog
-
-    def store(self) -> AgentStore:
-        store = AgentStore(engine(self.settings.district_db_url))
-        store.create()
-        return store
-
-    def year(self, year: str | None) -> int:
-        return self.settings.resolve_year(year)
-
-    def state_engine(self) -> Any:
-        from state_receiver.schema import StateSchema
-
-        eng = engine(self.settings.state_db_url)
-        StateSchema(self.catalog).create(eng)
-        return eng
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--broker-url", envvar="RESYNC_BROKER_URL", help="amqp://user:pass@host/vhost (default: in-process).")
-@click.option("--district-db", envvar="RESYNC_DISTRICT_DB", help="SQLAlchemy URL of the district database.")
-@click.option("--state-db", envvar="RESYNC_STATE_DB", help="SQLAlchemy URL of the state database.")
-@click.option("--district", envvar="RESYNC_DISTRICT", help="This district's id (default district-1).")
-@click.option("--home", envvar="RESYNC_HOME", type=click.Path(path_type=Path), help="Folder for embedded SQLite files.")
-@click.option("--log-level", default="INFO", show_default=True)
-@click.pass_context
-def cli(ctx: click.Context, broker_url: str | None, district_db: str | None, state_db: str | None,
-        district: str | None, home: Path | None, log_level: str) -> None:
-    """Resync a district's data objects to the state over RabbitMQ."""
-    logs.configure(log_level)
-    ctx.obj = Ctx(Settings.from_env(broker_url=broker_url, district_db=district_db, state_db=state_db,
-                                    district=district, home=home))
+from resync.cli.app import JSON, YEAR, Ctx, cli, pass_ctx
+from resync.render import console, emit_json, show_status_table, table, when
 
 
 @cli.command()
@@ -92,35 +33,6 @@ def objects(c: Ctx, as_json: bool) -> None:
     table("Data objects (send order)", ["Object", "Immediate parents", "Year-scoped", "Inferred"],
           [(o.name, ", ".join(o.immediate) or "-", "yes" if o.year_scoped else "no", "yes" if o.inferred else "")
            for o in defs])
-
-
-@cli.command()
-@click.option("--students", type=click.IntRange(1, 2_000_000), default=500, show_default=True)
-@click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Same seed, same district.")
-@click.option("--year", "years", type=int, multiple=True,
-              help="School year to seed; repeat for several (default: the current one).")
-@click.option("--reset", is_flag=True, help="Drop the district's object tables first.")
-@JSON
-@pass_ctx
-def seed(c: Ctx, students: int, seed_value: int, years: tuple[int, ...], reset: bool, as_json: bool) -> None:
-    """Fill the district database with a realistic, deterministic district."""
-    from publisher.schema import DistrictSchema
-    from publisher.seed import seed as run_seed
-
-    eng = engine(c.settings.district_db_url)
-    if reset:
-        DistrictSchema(c.catalog).drop(eng)
-    elif DistrictSchema(c.catalog).count_all(eng):
-        raise FatalError("the district database already holds records; add --reset to replace them")
-    started = time.monotonic()
-    with console.status(f"seeding {students} students ..."):
-        seeded = sorted(set(years)) or [c.settings.school_year]
-        counts = run_seed(eng, c.catalog, students=students, seed=seed_value, years=seeded,
-                          current=c.settings.school_year)
-    if as_json:
-        return emit_json({"records": sum(counts.values()), "objects": counts, "years": seeded})
-    console.print(f"seeded {sum(counts.values()):,} records in {len(counts)} objects "
-                  f"for school year(s) {', '.join(map(str, seeded))} in {time.monotonic() - started:.1f}s")
 
 
 @cli.command()
@@ -248,17 +160,6 @@ def status(c: Ctx, year: str | None, hide_completed: bool, as_json: bool) -> Non
         console.print(f"[bold red]Warning:[/] {line}")
 
 
-def show_status_table(title: str, rows: list[Any]) -> None:
-    legend = "   ".join(f"{DOTS[k]} {v}" for k, v in LEGEND.items())
-    rows = [r if isinstance(r, dict) else r.as_dict() for r in rows]
-    table(title,
-          ["DIS Objects", "Last Resync", "Sent", "Results", "Status"],
-          [("  " * r["depth"] + r["object"], when(r["last_resync"]), r["sent"] if r["last_resync"] else "",
-            f"Processed: {r['processed']} Errors: {r['errors']}" if r["last_resync"] else "",
-            DOTS.get(r["status"] or "", "")) for r in rows])
-    console.print(legend, soft_wrap=True)
-
-
 @cli.command()
 @click.option("--object", "obj", help="Only batches that included this object.")
 @YEAR
@@ -350,65 +251,6 @@ def queue(c: Ctx, as_json: bool) -> None:
         console.print(f"[bold red]Warning:[/] {line}")
 
 
-def _needs_broker(c: Ctx, what: str) -> Broker:
-    if not c.settings.broker_url:
-        raise FatalError(f"{what} needs RESYNC_BROKER_URL (or --broker-url): the in-process broker lives inside "
-                         "one process; `resync demo` runs agent and receiver together on it")
-    return broker_for(c.settings)
-
-
-def _run_daemon(target: Any) -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    target(stop)
-
-
-@cli.group()
-def agent() -> None:
-    """The district agent daemon."""
-
-
-@agent.command("run")
-@pass_ctx
-def agent_run(c: Ctx) -> None:
-    """Publish queued batches and count the state's acks until SIGTERM/SIGINT."""
-    from agent.daemon import Agent
-
-    broker = _needs_broker(c, "agent run")
-    _run_daemon(Agent(c.settings, broker, engine(c.settings.district_db_url), c.catalog).run)
-
-
-@cli.group()
-def receiver() -> None:
-    """The state receiver daemon."""
-
-
-@receiver.command("run")
-@click.option("--district", "districts", multiple=True, help="District to consume (repeatable; "
-              "default RESYNC_DISTRICTS or RESYNC_DISTRICT).")
-@pass_ctx
-def receiver_run(c: Ctx, districts: tuple[str, ...]) -> None:
-    """Consume districts' event queues, apply and acknowledge until SIGTERM/SIGINT."""
-    from state_receiver.daemon import Receiver
-
-    broker = _needs_broker(c, "receiver run")
-    settings = c.settings.with_(districts=districts or None)
-    _run_daemon(Receiver(settings, broker, engine(settings.state_db_url), c.catalog).run)
-
-
-@cli.command()
-@click.option("--students", type=click.IntRange(1, 100_000), default=300, show_default=True)
-@click.option("--reset", is_flag=True, help="Start again from an empty district and state.")
-@pass_ctx
-def demo(c: Ctx, students: int, reset: bool) -> None:
-    """Seed a small district, run receiver and agent, do a full resync and print the status table."""
-    from resync.demo import run_demo
-
-    run_demo(c.settings, c.catalog, students=students, reset=reset)
-    status.callback(year=None, hide_completed=False, as_json=False)  # type: ignore[misc]
-
-
 @cli.command()
 @click.argument("batch_id", metavar="BATCH")
 @pass_ctx
@@ -454,145 +296,3 @@ def alerts(c: Ctx, delete_ids: tuple[int, ...], state_side: bool, as_json: bool)
     table("Process alerts", ["ID", "Process", "Name", "Posted", "Due", "Read", "Detail"],
           [(r["id"], r["process"], r["name"], when(r["posted"]), when(r.get("due")), "yes" if r["read"] else "",
             r["detail"]) for r in rows])
-
-
-@cli.command()
-@click.option("--district", "target", required=True, help="The district to resync.")
-@click.argument("names", nargs=-1, metavar="[OBJECT]...")
-@click.option("--all", "send_all", is_flag=True, help="Every object.")
-@click.option("--year", type=click.Choice(["current", "previous", "next"]), default="current", show_default=True)
-@click.option("--requested-by", default="state administrator", show_default=True)
-@JSON
-@pass_ctx
-def request(c: Ctx, target: str, names: tuple[str, ...], send_all: bool, year: str, requested_by: str,
-            as_json: bool) -> None:
-    """State side: ask a district to resync (Check Dependencies always applies). The request waits in the
-    district's control queue until its agent runs."""
-    from resync.brokers.base import check_district
-    from state_receiver.requests import send_request
-    from state_receiver.schema import StateSchema
-
-    if send_all == bool(names):
-        raise FatalError("give either --all or object names")
-    broker = _needs_broker(c, "request")
-    request_id = send_request(broker, c.state_engine(), StateSchema(c.catalog), check_district(target),
-                              None if send_all else list(names), year, requested_by)
-    if as_json:
-        return emit_json({"request_id": request_id, "district": target})
-    console.print(f"resync request {request_id} sent to {target}")
-
-
-@cli.command("district-status")
-@click.option("--district", "target", required=True)
-@YEAR
-@JSON
-@pass_ctx
-def district_status_cmd(c: Ctx, target: str, year: str | None, as_json: bool) -> None:
-    """State side: a district's Resync State Data table, built from the acks the state sent, and the
-    state's requests to it."""
-    from agent.status import year_objects
-    from state_receiver.requests import district_status, list_requests
-    from state_receiver.schema import StateSchema
-
-    y = c.year(year)
-    eng, schema = c.state_engine(), StateSchema(c.catalog)
-    rows = district_status(eng, schema, c.catalog, target, y, year_objects(c.catalog, c.settings, y))
-    requests = list_requests(eng, schema, target)
-    if as_json:
-        return emit_json({"district": target, "school_year": y, "objects": rows, "requests": requests})
-    show_status_table(f"Resync State Data of {target} as the state received it: school year {y - 1}-{y % 100:02d}",
-                      rows)
-    table(f"State resync requests to {target}", ["Request", "Requested", "By", "Year", "Objects", "Status",
-                                                 "Processed", "Errors"],
-          [(r["request_id"][:12], when(r["requested_at"]), r["requested_by"], r["year"],
-            "all" if r["objects"] is None else ", ".join(r["objects"]), r["status"], r["processed"], r["errors"])
-           for r in requests])
-
-
-@cli.command("dead-letters")
-@click.option("--requeue", "requeue_ids", multiple=True, metavar="ID", help="Put these messages back (repeatable).")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@JSON
-@pass_ctx
-def dead_letters(c: Ctx, requeue_ids: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """State side: what could not be processed, with the reason; --requeue puts messages back."""
-    from state_receiver.deadletters import list_dead_letters, requeue
-
-    broker = _needs_broker(c, "dead-letters")
-    if requeue_ids:
-        done = requeue(broker, set(requeue_ids), c.settings.state_user)
-        missing = sorted(set(requeue_ids) - set(done.requeued) - set(done.refused))
-        if as_json:
-            emit_json({"requeued": done.requeued, "not_found": missing, "refused": done.refused})
-        else:
-            console.print(f"requeued {len(done.requeued)} message(s)"
-                          + (f"; not found: {', '.join(missing)}" if missing else ""))
-            for message_id, why in done.refused.items():
-                console.print(f"[red]not requeued[/] {message_id}: {why}")
-        if missing or done.refused:
-            sys.exit(1)
-        return
-    rows = list_dead_letters(broker, c.settings.state_user, limit)
-    if as_json:
-        return emit_json(rows)
-    table("Dead-letter queue (oldest first)", ["Message id", "From queue", "Sender", "Type", "Reason", "Bytes"],
-          [(r["message_id"], r["queue"], r["sender"], r["type"], r["reason"], r["bytes"]) for r in rows])
-
-
-@cli.group()
-def broker() -> None:
-    """Broker set-up: users, permissions and topology."""
-
-
-@broker.command("definitions")
-@click.option("--district", "districts", multiple=True, required=True, help="A district id (repeatable).")
-@click.option("--vhost", default="/", show_default=True)
-@click.option("--state-user", default=None, help="The state's broker user (default RESYNC_STATE_USER or state).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the definitions JSON.")
-@JSON
-@pass_ctx
-def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_user: str | None, out: Path,
-                       as_json: bool) -> None:
-    """Write RabbitMQ definitions: one user per district allowed only its own routing key and queues, the
-    state's user, and the queues. Load with `rabbitmqctl import_definitions FILE` (or load_definitions)."""
-    import json as json_mod
-
-    from resync.brokers.definitions import for_districts
-
-    defs, passwords = for_districts(vhost, list(districts), state_user or c.settings.state_user)
-    out.write_text(json_mod.dumps(defs, indent=2))
-    out.chmod(0o600)
-    if as_json:
-        return emit_json({"file": str(out), "passwords": passwords})
-    table(f"Broker users written to {out} (passwords are shown once)", ["User", "Password"], sorted(passwords.items()))
-
-
-cli.add_command(verify)
-
-
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.UsageError as e:
-        cmd = e.ctx.command_path if e.ctx else "resync"
-        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
-        sys.exit(2)
-    except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
-    except FatalError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except DBAPIError as e:  # a database that cannot be reached or used: a setting to check, said in one line
-        fatal = misconfigured(e)
-        reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
-        click.echo(f"error: {fatal}" if fatal else f"error: cannot use the database: {reason[:300]}: check "
-                   "RESYNC_DISTRICT_DB / RESYNC_STATE_DB (--district-db / --state-db) and that its server runs",
-                   err=True)
-        sys.exit(2)
-    except ResyncError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)

@@ -20,7 +20,7 @@ import re
 import secrets
 from typing import Any
 
-from resync.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
+from core.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
 
 QUEUE_BYTES = 1024**3
 """Per district event queue. The agent keeps at most ``RESYNC_MAX_IN_FLIGHT`` records unanswered, so a full

@@ -16,51 +16,16 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Boolean, Column, Engine, Integer, String, Table, Text, case, func, or_, select, update
+from sqlalchemy import Engine, case, func, or_, select, update
 
-from agent.store import metadata
+from agent.tables import verify_diff, verify_part, verify_run
+from core.db import insert_many, keyset_pages, one_of
 from messages.catalog import Catalog, ref_column
 from messages.envelope import ManifestPart, new_id, now_ts
 from messages.errors import ConfigError
 from messages.fields import fields
 from messages.manifest import DIFFERENCES, Comparison, compare, values_digest
 from publisher.schema import DistrictSchema
-from resync.db import insert_many, keyset_pages, one_of
-
-verify_run = Table(
-    "verify_run", metadata,
-    Column("run_id", String(32), primary_key=True),
-    Column("initiator", String(16), nullable=False),  # district | state
-    Column("requested_by", String(128), nullable=False),
-    Column("request_id", String(32), unique=True),  # the state's request, when the state asked
-    Column("batch_id", String(32), unique=True),  # the delta batch this run plans
-    Column("school_year", Integer, nullable=False),
-    Column("objects", Text, nullable=False),  # JSON list, parents first
-    Column("status", String(16), nullable=False),  # queued | requested | completed | failed
-    Column("created_at", String(32), nullable=False),
-    Column("requested_at", String(32)),
-    Column("completed_at", String(32)),
-    Column("message", Text),
-    Column("result", Text),  # JSON: one Comparison per object
-)
-
-verify_part = Table(
-    "verify_part", metadata,
-    Column("run_id", String(32), primary_key=True),
-    Column("object", String(64), primary_key=True),
-    Column("part", Integer, primary_key=True),
-    Column("last", Boolean, nullable=False),
-    Column("entries", Text, nullable=False),
-    Column("error", Text),
-)
-
-verify_diff = Table(
-    "verify_diff", metadata,
-    Column("run_id", String(32), primary_key=True),
-    Column("object", String(64), primary_key=True),
-    Column("ref_id", String(32), primary_key=True),
-    Column("kind", String(16), nullable=False),  # district_only | state_only | mismatched
-)
 
 PENDING = ("queued", "requested")
 T = TypeVar("T")

@@ -1,0 +1,73 @@
+"""Operations: the two daemons and the broker's definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from core.db import engine
+from resync.cli.app import JSON, Ctx, cli, needs_broker, pass_ctx, run_daemon
+from resync.render import emit_json, table
+
+
+@cli.group()
+def agent() -> None:
+    """The district agent daemon."""
+
+
+@agent.command("run")
+@pass_ctx
+def agent_run(c: Ctx) -> None:
+    """Publish queued batches and count the state's acks until SIGTERM/SIGINT."""
+    from agent.daemon import Agent
+
+    broker = needs_broker(c, "agent run")
+    run_daemon(Agent(c.settings, broker, engine(c.settings.district_db_url), c.catalog).run)
+
+
+@cli.group()
+def receiver() -> None:
+    """The state receiver daemon."""
+
+
+@receiver.command("run")
+@click.option("--district", "districts", multiple=True, help="District to consume (repeatable; "
+              "default RESYNC_DISTRICTS or RESYNC_DISTRICT).")
+@pass_ctx
+def receiver_run(c: Ctx, districts: tuple[str, ...]) -> None:
+    """Consume districts' event queues, apply and acknowledge until SIGTERM/SIGINT."""
+    from state_receiver.daemon import Receiver
+
+    broker = needs_broker(c, "receiver run")
+    settings = c.settings.with_(districts=districts or None)
+    run_daemon(Receiver(settings, broker, engine(settings.state_db_url), c.catalog).run)
+
+
+@cli.group()
+def broker() -> None:
+    """Broker set-up: users, permissions and topology."""
+
+
+@broker.command("definitions")
+@click.option("--district", "districts", multiple=True, required=True, help="A district id (repeatable).")
+@click.option("--vhost", default="/", show_default=True)
+@click.option("--state-user", default=None, help="The state's broker user (default RESYNC_STATE_USER or state).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the definitions JSON.")
+@JSON
+@pass_ctx
+def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_user: str | None, out: Path,
+                       as_json: bool) -> None:
+    """Write RabbitMQ definitions: one user per district allowed only its own routing key and queues, the
+    state's user, and the queues. Load with `rabbitmqctl import_definitions FILE` (or load_definitions)."""
+    import json as json_mod
+
+    from core.brokers.definitions import for_districts
+
+    defs, passwords = for_districts(vhost, list(districts), state_user or c.settings.state_user)
+    out.write_text(json_mod.dumps(defs, indent=2))
+    out.chmod(0o600)
+    if as_json:
+        return emit_json({"file": str(out), "passwords": passwords})
+    table(f"Broker users written to {out} (passwords are shown once)", ["User", "Password"], sorted(passwords.items()))
