@@ -300,26 +300,13 @@ class RabbitConnection(Connection):
     def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
         """``max_body`` holds for the whole connection (the last call's value)."""
         self._max_body = max_body
-        if self._failure is not None:
-            raise self._failure
-        started: list[bool] = []
-
-        def consuming(_frame: Any) -> None:
-            started.append(True)
-            self._wake()
-
-        try:
-            if prefetch != self._prefetch:
-                self._channel.basic_qos(prefetch_count=prefetch)
-                self._prefetch = prefetch
-            tag = f"resync.{queue}.{id(self):x}"
-            self._queues[tag] = queue
-            self._channel.basic_consume(queue, self._on_message, consumer_tag=tag,
-                                        callback=consuming)
-        except (pika.exceptions.AMQPError, ValueError) as e:
-            raise self._failure or converted(e, self.where, self.user) from None
-        if not self._run(lambda: bool(started), 30.0):
-            raise ConnectionClosed(f"{self.where} did not start the consumer of {queue} in 30s")
+        if prefetch != self._prefetch:
+            self._rpc("basic.qos", lambda cb: self._channel.basic_qos(prefetch_count=prefetch, callback=cb))
+            self._prefetch = prefetch
+        tag = f"resync.{queue}.{id(self):x}"
+        self._queues[tag] = queue
+        self._rpc(f"the consumer of {queue}", lambda cb: self._channel.basic_consume(
+            queue, self._on_message, consumer_tag=tag, callback=cb))
 
     def _on_message(self, _channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
         size = len(body)

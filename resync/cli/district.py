@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from agent.status import plan_batch, reminders, status_rows
+from agent.status import pick_objects, plan_batch, reminders, status_rows
 from agent.store import ACTIVE, STATE, AgentStore
 from core import liveness
 from core.brokers import Topology, broker_for
@@ -53,6 +53,8 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
+    pick_objects(c.catalog, c.settings, list(names), send_all=send_all, check_dependencies=check_dependencies,
+                 year=y)  # the arguments first: a mistyped object is said as such, whatever the database holds
     missing = DistrictSchema(c.catalog).missing(store.engine)
     if missing:
         raise FatalError(f"the district database has no table for {missing[0]}"
