@@ -54,7 +54,6 @@ def check(settings: Settings, waiting: int = 0, strict: bool = False) -> list[st
         raise
     except ResyncError as e:
         if strict:
-            raise FatalError(f"cannot reach {broker.describe()}: {e}: check RESYNC_BROKER_URL (--broker-url) and "
-                             "that RabbitMQ runs") from None
+            raise FatalError(f"cannot reach the broker: {e}") from None
         return []
     return warnings(stats, settings.district) + unanswered(stats, settings.district, broker.user, waiting)

@@ -3,6 +3,9 @@ everything else is a lost connection, to be retried."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+
 from pika import exceptions as px
 
 from messages.errors import BrokerRefused, ConnectionClosed, ResyncError
@@ -10,9 +13,38 @@ from messages.errors import BrokerRefused, ConnectionClosed, ResyncError
 _GRANT = "grant it (`resync broker definitions` writes each user's permissions) or fix the user in RESYNC_BROKER_URL"
 
 
+def root(exc: BaseException | None) -> BaseException | None:
+    """The failure inside pika's wrappers: a connection error may carry a failed connection workflow (its
+    argument), which lists its attempts' failures (``exceptions``), each holding what the socket or TLS raised
+    (``exception``)."""
+    for _ in range(6):
+        if isinstance(exc, px.AMQPConnectionError) and exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+            continue
+        inner = getattr(exc, "exceptions", None)
+        if isinstance(inner, list | tuple) and inner and isinstance(inner[-1], BaseException):
+            exc = inner[-1]
+            continue
+        cause = getattr(exc, "exception", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    return exc
+
+
 def converted(exc: BaseException | None, where: str, user: str) -> ResyncError:
     """``exc`` (from pika, or None for a connection closed without a reason) as ``BrokerRefused`` (fatal) when
     retrying cannot help, else ``ConnectionClosed``."""
+    exc = root(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return BrokerRefused(f"{where}: the broker's certificate is not trusted ({exc.verify_message}): set "
+                             "RESYNC_BROKER_CA_FILE to the CA that signed it, and connect by the name it was "
+                             "issued for")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectionClosed(f"{where} refused the connection: is RabbitMQ running, and are the host and port "
+                                "in RESYNC_BROKER_URL right?")
+    if isinstance(exc, socket.gaierror):
+        return ConnectionClosed(f"{where}: the host name cannot be resolved ({exc.strerror})")
     if isinstance(exc, px.ProbableAuthenticationError | px.AuthenticationError):
         return BrokerRefused(f"{where} refused the login of user {user!r}: check the user name and password in "
                              "RESYNC_BROKER_URL")

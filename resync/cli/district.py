@@ -235,7 +235,7 @@ def queue(c: Ctx, as_json: bool) -> None:
     try:
         stats = broker.queue_stats(queues)
     except ResyncError as e:
-        raise FatalError(f"cannot read the queues from {broker.describe()}: {e}") from None
+        raise FatalError(f"cannot read the queues: {e}") from None
     store = c.store()
     in_flight = store.in_flight()
     blocked = store.blocked()
