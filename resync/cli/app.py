@@ -72,7 +72,7 @@ def needs_broker(c: Ctx, what: str) -> Broker:
     if not c.settings.broker_url:
         raise FatalError(f"{what} needs RESYNC_BROKER_URL (or --broker-url): the in-process broker lives inside "
                          "one process; `resync demo` runs agent and receiver together on it")
-    return broker_for(c.settings)
+    return broker_for(c.settings, f"resync {what}")  # the name `rabbitmqctl list_connections` shows
 
 
 def run_daemon(target: Any) -> None:
