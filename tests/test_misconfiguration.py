@@ -135,3 +135,22 @@ def test_a_user_id_the_broker_refuses_is_fatal(vhost_url: tuple[str, str]) -> No
         assert check.channel().queue_declare("sync.district-1", passive=True).method.message_count == 0
     finally:
         check.close()
+
+
+def test_a_broker_that_is_down_costs_no_file_descriptor_per_attempt() -> None:
+    """A daemon retries for as long as the broker is down (a lost connection is not a wrong setting): each
+    failed attempt must give back its socket and its I/O loop's descriptors."""
+    from messages.errors import ConnectionClosed
+
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/%2F")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with pytest.raises(ConnectionClosed):
+        broker.connect()
+    before = descriptors()
+    for _ in range(30):
+        with pytest.raises(ConnectionClosed, match="refused the connection"):
+            broker.connect()
+    assert descriptors() == before

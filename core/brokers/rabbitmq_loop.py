@@ -43,9 +43,12 @@ class LoopedChannel:
                                            on_close_callback=self._on_close, custom_ioloop=self._loop)
         self._conn.add_on_connection_blocked_callback(self._on_blocked)
         self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
-        if not self._run(lambda: self._ready, open_timeout):
-            self._abandon()
-            raise ConnectionClosed(f"{where} did not open a connection in {open_timeout:.0f}s")
+        try:
+            if not self._run(lambda: self._ready, open_timeout):
+                raise ConnectionClosed(f"{where} did not open a connection in {open_timeout:.0f}s")
+        except BaseException:
+            self._abandon()  # a daemon retries for as long as the broker is down: nothing may leak per attempt
+            raise
 
     def _run(self, done: Callable[[], bool], timeout: float) -> bool:
         """Run pika's loop until ``done()`` or ``timeout`` seconds; raises what closed the connection meanwhile.
@@ -57,8 +60,8 @@ class LoopedChannel:
             if done():
                 return True
             now = time.monotonic()
-            if self.blocked is not None:
-                deadline = max(deadline, now + 1.0)
+            if self.blocked is not None:  # the whole timeout again from the moment the alarm clears
+                deadline = max(deadline, now + timeout)
             if now >= deadline:
                 return False
             self._until, self._stopping = done, False
