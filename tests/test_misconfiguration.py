@@ -154,3 +154,31 @@ def test_a_broker_that_is_down_costs_no_file_descriptor_per_attempt() -> None:
         with pytest.raises(ConnectionClosed, match="refused the connection"):
             broker.connect()
     assert descriptors() == before
+
+
+@pytest.mark.slow
+def test_a_state_that_does_not_know_the_districts_broker_user_is_named_as_the_likely_cause(site: Any) -> None:
+    """The most common first-day mistake: the state's RESYNC_DISTRICT_USERS names another broker user for the
+    district, so the receiver sets every record aside unanswered. `status` and `send --wait` say so."""
+    site.cli("seed", "--students", "5", "--year", str(2027))
+    right = site.env["RESYNC_DISTRICT_USERS"]
+    site.env["RESYNC_DISTRICT_USERS"] = "district-1=somebody-else"
+    site.start("receiver", "run")
+    site.env["RESYNC_DISTRICT_USERS"] = right
+    site.start("agent", "run")
+    hint = "most likely the state's RESYNC_DISTRICT_USERS does not name 'guest'"
+    waiting = subprocess.Popen([sys.executable, "-m", "resync", "send", "--all", "--wait"], env=site.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert waiting.stdout is not None
+        said = ""
+        for line in waiting.stdout:  # the batch never completes: the command is stopped once it has said it
+            said += line
+            if "ask the state to check it" in " ".join(said.split()):
+                break
+        assert hint in " ".join(said.split()), said
+    finally:
+        waiting.kill()
+        waiting.wait(timeout=30)
+    status = site.cli("status")
+    assert hint in " ".join(status.split()), status
