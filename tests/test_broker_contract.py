@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import pika
 import pytest
 
@@ -150,3 +153,45 @@ def test_a_publish_the_broker_refuses_is_reported(broker: Broker) -> None:
             conn.publish("sync.bounded", b"{}", kind="event", message_id=f"{i:032X}")
         conn.flush()
     assert [s.ready for s in broker.queue_stats(["sync.bounded"])] == [1]
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+
+def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while len(data) < 7 or len(data) < 8 + struct.unpack(">I", data[3:7])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data[0], data[7:7 + struct.unpack(">I", data[3:7])[0]]
+
+
+def test_a_header_table_the_consumer_could_not_decode_never_reaches_a_queue(rabbitmq_url: str) -> None:
+    """pika refuses to decode an AMQP table with a field type the protocol does not define; a sender who crafts
+    one by hand is stopped by RabbitMQ itself, which closes its connection: no consumer ever sees it."""
+    from pika import frame, spec
+
+    broker = RabbitBroker(rabbitmq_url)
+    broker.declare_district("d1")
+    with socket.create_connection(("127.0.0.1", 5672), timeout=10) as sock:
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        _read_frame(sock)  # connection.start
+        sock.sendall(frame.Method(0, spec.Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US")).marshal())
+        _read_frame(sock)  # connection.tune
+        sock.sendall(frame.Method(0, spec.Connection.TuneOk(channel_max=10, frame_max=131072, heartbeat=0)).marshal())
+        sock.sendall(frame.Method(0, spec.Connection.Open(virtual_host=broker.vhost)).marshal())
+        _read_frame(sock)  # connection.open-ok
+        sock.sendall(frame.Method(1, spec.Channel.Open()).marshal())
+        _read_frame(sock)  # channel.open-ok
+        body, table = b"{}", b"\x01kZ\x00\x00\x00\x00"  # one field of type 'Z', which AMQP does not define
+        props = struct.pack(">I", len(table)) + table + b"\x02" + b"\x20" + b"B" * 32  # headers, persistent, id
+        header = struct.pack(">HHQH", 60, 0, len(body), (1 << 13) | (1 << 12) | (1 << 7)) + props
+        sock.sendall(frame.Method(1, spec.Basic.Publish(exchange="resync", routing_key=Topology.events("d1")))
+                     .marshal() + _frame(2, 1, header) + _frame(3, 1, body))
+        kind, payload = _read_frame(sock)
+        assert (kind, payload[:4]) == (1, struct.pack(">HH", 10, 50)), payload  # connection.close from the broker
+    assert [s.ready for s in broker.queue_stats([Topology.events("d1")])] == [0]
