@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from agent.status import plan_batch
 from agent.store import STATE, AgentStore
 from agent.verification_steps import Verifier
-from core.brokers import Broker, Delivery, Topology
+from core.brokers import Broker, Connection, Delivery, Topology
 from core.brokers.base import sender_of
 from core.retry import TRANSIENT, narrow, run_forever
 from core.settings import Settings
@@ -122,13 +122,13 @@ class Agent:
         with self._answers:
             # a fresh start: what an earlier connection sent and lost would otherwise hold the window forever
             self._sent = self._answered
-        pace = self._pacer(batch_id, batch["max_rate"], stop)
 
         def should_stop() -> bool:
             return stop.is_set() or self.store.is_cancelled(batch_id)
 
         with self.broker.connect() as conn:
             conn.watch = self.store.set_blocked
+            pace = self._pacer(batch_id, batch["max_rate"], stop, conn)
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district, max_body=self.settings.max_body,
                                   refused=self._refused)
 
@@ -212,21 +212,28 @@ class Agent:
 
         return progress
 
-    def _pacer(self, batch_id: str, max_rate: int | None, stop: threading.Event) -> Callable[[int], None]:
+    def _pacer(self, batch_id: str, max_rate: int | None, stop: threading.Event,
+               conn: Connection) -> Callable[[int], None]:
+        """``pace(n)`` before sending ``n`` records: waits for the rate cap and the in-flight window, a second at
+        a time, keeping ``conn`` alive meanwhile (a state that is down can hold the window for hours)."""
         started, paced = time.monotonic(), 0
 
         def pace(n: int) -> None:
             nonlocal paced
             if max_rate:
-                ahead = paced / max_rate - (time.monotonic() - started)
-                if ahead > 0:
-                    stop.wait(ahead)
+                while (ahead := paced / max_rate - (time.monotonic() - started)) > 0 and not stop.is_set():
+                    stop.wait(min(ahead, 1.0))
+                    conn.keep_alive()
                 paced += n
             window = self.settings.max_in_flight
             if window:
                 with self._answers:
-                    while self._sent - self._answered + n > window and not stop.is_set():
-                        if not self._answers.wait(1.0) and self.store.is_cancelled(batch_id):
+                    # a step larger than the whole window goes out once nothing else is in flight
+                    while self._sent - self._answered > 0 and self._sent - self._answered + n > window \
+                            and not stop.is_set():
+                        answered = self._answers.wait(1.0)
+                        conn.keep_alive()
+                        if not answered and self.store.is_cancelled(batch_id):
                             break
             self._sent += n
 

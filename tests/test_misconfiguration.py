@@ -150,10 +150,10 @@ def test_a_broker_that_is_down_costs_no_file_descriptor_per_attempt() -> None:
     with pytest.raises(ConnectionClosed):
         broker.connect()
     before = descriptors()
-    for _ in range(30):
+    for _ in range(60):
         with pytest.raises(ConnectionClosed, match="refused the connection"):
             broker.connect()
-    assert descriptors() == before
+    assert descriptors() - before < 10  # a leak is three per attempt; other threads may hold a few meanwhile
 
 
 @pytest.mark.slow

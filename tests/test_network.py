@@ -145,3 +145,22 @@ def test_a_memory_alarm_blocks_publishing_and_the_batch_completes(site: Site) ->
     assert alert["read"] and "cleared" in alert["detail"] and "memory" in alert["detail"]
     assert not [w for w in json.loads(site.cli("queue", "--json"))["warnings"] if "blocked" in w]
     check_exact(site, batch_id, rows)
+
+
+def test_connections_held_idle_stay_alive(site: Site) -> None:
+    """With heartbeats of 2 seconds: an agent that waits for a state that is down (its in-flight window full),
+    and a receiver with nothing to answer, each hold a connection idle for many heartbeats; neither loses it."""
+    site.env.update({"RESYNC_HEARTBEAT": "2", "RESYNC_MAX_IN_FLIGHT": "100"})
+    site.cli("seed", "--students", "20", "--year", str(YEAR))
+    site.start("agent", "run")
+    first = site.json("send", "--all")["batch_id"]
+    site.until("the window to fill", lambda: [q for q in site.json("queue")["queues"]
+                                              if q["queue"] == "sync.district-1" and q["ready"] >= 50])
+    time.sleep(15)  # the state is down for a while: the agent waits with its publishing connection idle
+    site.start("receiver", "run")
+    site.wait(first)
+    time.sleep(15)  # nothing to do: the receiver's answering connection idles
+    second = site.json("send", "--all")["batch_id"]
+    assert site.wait(second)["status"] == "completed"
+    logs = _logs(site)
+    assert "failed; retrying" not in logs, logs[-3000:]

@@ -129,6 +129,12 @@ class Connection(abc.ABC):
         so a publisher can go on sending while it waits for older messages only."""
         self.flush(timeout)
 
+    def keep_alive(self) -> None:
+        """Let the connection answer the broker (heartbeats) without waiting: for a connection its owner holds
+        idle while it waits on something else, at least every few seconds. An in-process broker has nothing
+        to answer."""
+        return None
+
     @abc.abstractmethod
     def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
         """Take deliveries from ``queue``, at most ``prefetch`` unacknowledged; a body over ``max_body``

@@ -105,6 +105,9 @@ class RabbitConnection(LoopedChannel, Connection):
             raise ConnectionClosed(f"{self.where} did not confirm {count - self._confirmed} message(s) in "
                                    f"{timeout:.0f}s")
 
+    def keep_alive(self) -> None:
+        self._turn()
+
     def flush(self, timeout: float = 60.0) -> None:
         self.confirm(self.published, timeout)
 
