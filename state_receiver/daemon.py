@@ -138,8 +138,6 @@ class Receiver:
                         in_hand = None
                     answer(deliveries, self.work(deliveries))
                     continue
-                if not deliveries:
-                    out.keep_alive()  # the answering connection idles while nothing comes in: heartbeats still go
                 following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
                 if in_hand is not None:
                     answer(in_hand[0], in_hand[1].result())

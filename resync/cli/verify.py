@@ -89,8 +89,9 @@ def _wait(fetch: Callable[[], dict[str, Any] | None], alive: Callable[[], bool],
                 raise FatalError("the agent or the receiver stopped before the verification finished")
             status.update(describe(run))
             if not warned and time.monotonic() - started > WARN_AFTER:
-                console.print("[yellow]no answer for 30s: are `resync agent run` and `resync receiver run` "
-                              "running? (Ctrl-C stops waiting; the verification still completes)[/]")
+                # on stderr: with --json, stdout holds the JSON and nothing else
+                click.echo("no answer for 30s: are `resync agent run` and `resync receiver run` running? (Ctrl-C "
+                           "stops waiting; the verification still completes)", err=True)
                 warned = True
             time.sleep(0.3)
 
