@@ -26,7 +26,6 @@ from core.brokers.base import (
     dead_letter_headers,
 )
 from core.brokers.rabbitmq_loop import LoopedChannel
-from core.brokers.refusals import converted
 from messages.errors import ConnectionClosed
 
 _WINDOW = 20_000  # unconfirmed messages in flight before publish waits
@@ -78,14 +77,9 @@ class RabbitConnection(LoopedChannel, Connection):
 
     def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
                 headers: Mapping[str, Any] | None = None, exchange: str = EXCHANGE) -> None:
-        if self._failure is not None:
-            raise self._failure
         props = self._props  # one object, encoded at once by basic_publish: cheaper than one per message
         props.message_id, props.type, props.headers = message_id, kind, dict(headers) if headers else None
-        try:
-            self._channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
-        except (pika.exceptions.AMQPError, ValueError) as e:
-            raise self._failure or converted(e, self.where, self.user) from None
+        self._call(self._channel.basic_publish, exchange, routing_key, body, props, mandatory=True)
         self.published += 1
         self._bytes += len(body)
         self._unflushed += len(body) + 200
@@ -167,12 +161,7 @@ class RabbitConnection(LoopedChannel, Connection):
         return out
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
-        if self._failure is not None:
-            raise self._failure
-        try:
-            self._channel.basic_ack(delivery_tag, multiple=multiple)
-        except (pika.exceptions.AMQPError, ValueError) as e:
-            raise self._failure or converted(e, self.where, self.user) from None
+        self._call(self._channel.basic_ack, delivery_tag, multiple=multiple)
         self._turn()
 
 

@@ -64,26 +64,35 @@ class LoopedChannel:
                 deadline = max(deadline, now + timeout)
             if now >= deadline:
                 return False
-            self._until, self._stopping = done, False
-            timer = self._loop.call_later(min(deadline - now, 1.0), self._stop)
-            try:
-                self._loop.start()
-            finally:
-                self._until = None
-                self._loop.remove_timeout(timer)
+            self._spin(done, min(deadline - now, 1.0))
 
     def _turn(self) -> None:
         """One pass of the loop without waiting: write what is buffered, read what has arrived."""
         if self._failure is not None:
             raise self._failure
-        self._until, self._stopping = None, False
-        timer = self._loop.call_later(0, self._stop)
+        self._spin(None, 0)
+        if self._failure is not None:
+            raise self._failure
+
+    def _spin(self, until: Callable[[], bool] | None, seconds: float) -> None:
+        """Run pika's loop until ``until()`` holds (checked by the callbacks, see ``_wake``) or ``seconds`` pass."""
+        self._until, self._stopping = until, False
+        timer = self._loop.call_later(seconds, self._stop)
         try:
             self._loop.start()
         finally:
+            self._until = None
             self._loop.remove_timeout(timer)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A call into pika's channel: the connection's own failure first, if it has one; what pika raises,
+        converted."""
         if self._failure is not None:
             raise self._failure
+        try:
+            return method(*args, **kwargs)
+        except (pika.exceptions.AMQPError, ValueError) as e:
+            raise self._failure or converted(e, self.where, self.user) from None
 
     def _stop(self) -> None:
         if not self._stopping:
@@ -175,18 +184,13 @@ class LoopedChannel:
 
     def _rpc(self, what: str, send: Callable[[Callable[[Any], None]], None]) -> Any:
         """Send one synchronous method (``send(callback)``) and wait for its reply frame."""
-        if self._failure is not None:
-            raise self._failure
         replies: list[Any] = []
 
         def reply(frame: Any) -> None:
             replies.append(frame)
             self._wake()
 
-        try:
-            send(reply)
-        except (pika.exceptions.AMQPError, ValueError) as e:
-            raise self._failure or converted(e, self.where, self.user) from None
+        self._call(send, reply)
         if not self._run(lambda: bool(replies), 30.0):
             raise ConnectionClosed(f"{self.where} did not answer {what} in 30s")
         return replies[0]
