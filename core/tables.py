@@ -68,6 +68,8 @@ def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state:
         cols.append(Column("source_ts", String(32), nullable=False))
         cols.append(Column("applied_at", String(32), nullable=False))
         cols.append(Column("digest", String(16)))  # of the content applied: what verify compares
+        # the highest version applied (null: applied before versions, as 0): an older one is ignored
+        cols.append(Column("version", BigInteger))
     return Table(obj.table, metadata, *cols)
 
 

@@ -78,6 +78,9 @@ __all__ = [
 ]
 
 
+MAX_VERSION = 2**63 - 1
+
+
 def decode_event(body: bytes, catalog: Catalog, *, max_size: int = MAX_BODY, now: dt.datetime | None = None,
                  message_id: str | None = None) -> Event:
     """``message_id``: the AMQP property, the answer's msg_id when the body names none."""
@@ -126,14 +129,15 @@ def decode_event(body: bytes, catalog: Catalog, *, max_size: int = MAX_BODY, now
         problem = check_value(obj.name, key, known[key], value)
         if problem:
             f.fail(Category.VALIDATION, Code.BAD_DATA, problem)
-    return Event(msg_id, ts, source, batch, seq, obj.name, action, ref_id, year, parents, data)
+    version = f.integer("ver", 0, MAX_VERSION) if "ver" in f.doc else 0
+    return Event(msg_id, ts, source, batch, seq, obj.name, action, ref_id, year, parents, data, version)
 
 
 def encode_event(e: Event) -> bytes:
     return orjson.dumps({
         "v": VERSION, "msg_id": e.msg_id, "ts": e.ts, "source": e.source, "batch": e.batch,
         "seq": e.seq, "object": e.object, "action": e.action.value, "ref_id": e.ref_id,
-        "year": e.year, "parents": e.parents, "data": e.data,
+        "year": e.year, "parents": e.parents, "data": e.data, "ver": e.version,
     })
 
 

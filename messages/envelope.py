@@ -80,6 +80,9 @@ class Event:
     year: int | None
     parents: dict[str, str]
     data: dict[str, Any]
+    version: int = 0
+    """Grows with the district's commits to this record (its change capture's sequence): the state keeps the
+    highest version it applied and ignores an older one, whichever arrives first. 0: never captured."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -3,21 +3,24 @@
 Read top to bottom: take the district's lock; answer what was seen before; then, run by run of the
 same object, look up every parent the run needs in one query per parent object, decide each record
 (excluded, under an excluded record, parent missing, or applied), and upsert the applied ones
-together. An older version never overwrites a newer one (``source_ts``), and a duplicate ``msg_id``
-is a no-op. The state tables have no foreign-key constraints: these checks are the referential
-integrity, and the lock makes them exact even if two receivers ever overlap on one district.
+together. A version older than the one the state holds (or than the delete that removed the record) is
+ignored, whichever arrives first; a duplicate ``msg_id`` is a no-op, and one resent with other content for
+the same record is applied by its version. The state tables have no foreign-key constraints: these checks
+are the referential integrity, and the lock makes them exact even if two receivers ever overlap on one
+district.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, text
+from sqlalchemy import Connection, and_, case, delete, func, select, text
 
-from core.db import insert_many, one_of
+from core.db import insert, insert_many, one_of
 from core.tables import from_wire
 from messages.catalog import ref_column
 from messages.envelope import Ack, Action, ErrorInfo, Event
@@ -62,33 +65,39 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
 
     for object_name, run_iter in groupby(batch, key=lambda i: i.event.object):
         run = [(next(positions), item) for item in run_iter]
-        _learn_parents(conn, schema, district, object_name, [item.event for _, item in run], known)
+        events = [item.event for _, item in run]
+        _learn_parents(conn, schema, district, object_name, events, known)
+        deleted = _tombstones(conn, schema, district, object_name, events)
         obj = schema.catalog.get(object_name)
         table = schema.tables[object_name]
         pending: list[tuple[int, Incoming, dict[str, Any]]] = []
         for pos, item in run:
             e = item.event
-            # 1. seen before (in an earlier batch or earlier in this one): answer the same way
+            # 1. seen before (in an earlier batch or earlier in this one): answer the same way; the same record
+            # with other content (read anew after a crash) is applied by its version like any other
             if e.msg_id in answered:
                 digest, previous = answered[e.msg_id]
-                acks[pos] = (
-                    previous
-                    if digest == item.digest
-                    else _error(
+                if digest == item.digest:
+                    acks[pos] = previous
+                    continue
+                if (previous.object, previous.ref_id) != (e.object, e.ref_id):
+                    acks[pos] = _error(
                         e,
                         Category.EVENT_PROCESSING,
                         Code.DUPLICATE_CONFLICT,
-                        f"message {e.msg_id} was already received with different content",
+                        f"message {e.msg_id} was already received for another record",
                     )
-                )
-                continue
+                    continue
             # 2. deletes go one at a time, after what is pending, in a savepoint
             if e.action is Action.DELETE:
                 _upsert(conn, table, pending, acks, fresh)
                 pending = []
-                ack = _delete(conn, schema, district, e)
+                ack = _delete(conn, schema, district, e, now)
                 known.present[object_name].discard(e.ref_id)
-            # 3. the record itself, or a parent of it, is not allowed to sync
+            # 3. read before a delete the state has applied: the record stays deleted
+            elif deleted.get(e.ref_id, -1) > e.version:
+                ack = _ok(e)
+            # 4. the record itself, or a parent of it, is not allowed to sync
             elif obj.excludable and e.data.get("state_exclude") is True:
                 ack = _error(
                     e,
@@ -104,10 +113,10 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                     f"{object_name} {e.ref_id} is under state-excluded {excluded_parent} "
                     f"{e.parents[excluded_parent]} and is not allowed to sync",
                 )
-            # 4. every parent must already be at the state
+            # 5. every parent must already be at the state
             elif missing := next((p for p in obj.references if e.parents[p] not in known.present[p]), None):
                 ack = _missing_parent(conn, schema, district, e, missing)
-            # 5. apply (together with the rest of the run)
+            # 6. apply (together with the rest of the run)
             else:
                 pending.append((pos, item, _row(schema, district, e, now)))
                 known.present[object_name].add(e.ref_id)
@@ -123,9 +132,52 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
             fresh.append((item, ack))
         _upsert(conn, table, pending, acks, fresh)
 
-    # 6. remember every new answer (the inbox makes redelivery a no-op) and log the errors
+    # 7. remember every new answer (the inbox makes redelivery a no-op) and log the errors
     _record(conn, schema, district, fresh, new_excluded, now)
-    return [acks[pos] for pos in range(len(batch))]
+    answers = [acks[pos] for pos in range(len(batch))]
+    _count_live(conn, schema, district, batch, answers, now)
+    return answers
+
+
+def _tombstones(conn: Connection, schema: StateSchema, district: str, object_name: str,
+                events: list[Event]) -> dict[str, int]:
+    """The version of each delete the state applied to these records (those it remembers)."""
+    refs = {e.ref_id for e in events if e.action is not Action.DELETE}
+    if not refs:
+        return {}
+    t = schema.tombstones
+    found = conn.execute(select(t.c.ref_id, t.c.version).where(
+        t.c.district_id == district, t.c.object == object_name, one_of(t.c.ref_id, refs, conn.engine)))
+    return {r.ref_id: r.version for r in found}
+
+
+def _count_live(conn: Connection, schema: StateSchema, district: str, batch: list[Incoming], acks: list[Ack],
+                now: str) -> None:
+    """Live changes (records sent outside any batch) answered today, and how long the last ones took from the
+    district's commit (their ``ts``) to here."""
+    live = [(i.event, a) for i, a in zip(batch, acks, strict=True) if i.event.batch is None]
+    if not live:
+        return
+    last = max(e.ts for e, _ in live)
+    try:
+        lag: int | None = int((_instant(now) - _instant(last)).total_seconds() * 1000)
+    except ValueError:
+        lag = None
+    t = schema.live
+    row = {"district_id": district, "day": now[:10], "changes": len(live),
+           "errors": sum(1 for _, a in live if not a.ok), "last_change": last, "last_applied": now, "lag_ms": lag}
+    stmt = insert(conn.engine)(t).values(**row)
+    same_day = t.c.day == stmt.excluded.day
+    conn.execute(stmt.on_conflict_do_update(index_elements=["district_id"], set_={
+        "day": stmt.excluded.day,
+        "changes": case((same_day, t.c.changes + stmt.excluded.changes), else_=stmt.excluded.changes),
+        "errors": case((same_day, t.c.errors + stmt.excluded.errors), else_=stmt.excluded.errors),
+        "last_change": stmt.excluded.last_change,
+        "last_applied": stmt.excluded.last_applied, "lag_ms": stmt.excluded.lag_ms}))
+
+
+def _instant(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
 def _previous_answers(
@@ -198,7 +250,7 @@ def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, An
         row["school_year"] = e.year
     for name, kind in fields(e.object):
         row[name] = from_wire(kind, e.data.get(name))
-    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now,
+    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now, version=e.version,
                digest=record_digest(obj, e.year, e.parents, e.data))
     return row
 
@@ -217,13 +269,13 @@ def _upsert(
         return stmt.on_conflict_do_update(
             index_elements=["district_id", "ref_id"],
             set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("district_id", "ref_id")},
-            where=table.c.source_ts <= stmt.excluded.source_ts,
+            where=func.coalesce(table.c.version, 0) <= stmt.excluded.version,
         )
 
     latest: dict[str, dict[str, Any]] = {}  # one row per record: the newest version the batch holds
     for _, _, row in pending:
         seen = latest.get(row["ref_id"])
-        if seen is None or seen["source_ts"] <= row["source_ts"]:
+        if seen is None or seen["version"] <= row["version"]:
             latest[row["ref_id"]] = row
     insert_many(conn, table, list(latest.values()), conflict=newer_wins)
     for pos, item, _ in pending:
@@ -231,7 +283,12 @@ def _upsert(
         fresh.append((item, ack))
 
 
-def _delete(conn: Connection, schema: StateSchema, district: str, e: Event) -> Ack:
+def _delete(conn: Connection, schema: StateSchema, district: str, e: Event, now: str) -> Ack:
+    table = schema.tables[e.object]
+    mine = and_(table.c.district_id == district, table.c.ref_id == e.ref_id)
+    held = conn.execute(select(func.coalesce(table.c.version, 0)).where(mine)).scalar()
+    if held is not None and held > e.version:
+        return _ok(e)  # read before the version the state holds: the record stays
     for child in schema.catalog.referrers(e.object):
         ct = schema.tables[child]
         column = ct.c[ref_column(e.object)]
@@ -243,12 +300,15 @@ def _delete(conn: Connection, schema: StateSchema, district: str, e: Event) -> A
                 f"{e.object} {e.ref_id} still has child records at the state; delete them first",
                 f"{child} records point at it",
             )
-    table = schema.tables[e.object]
-    conn.execute(
-        delete(table).where(
-            and_(table.c.district_id == district, table.c.ref_id == e.ref_id, table.c.source_ts <= e.ts)
-        )
-    )
+    conn.execute(delete(table).where(mine))
+    if e.version:
+        t = schema.tombstones
+        stmt = insert(conn.engine)(t).values(district_id=district, object=e.object, ref_id=e.ref_id,
+                                             version=e.version, deleted_at=now)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["district_id", "object", "ref_id"],
+            set_={"version": stmt.excluded.version, "deleted_at": stmt.excluded.deleted_at},
+            where=t.c.version < stmt.excluded.version))
     return _ok(e)
 
 
@@ -267,6 +327,7 @@ def _record(
     new_excluded: list[dict[str, Any]],
     now: str,
 ) -> None:
+    fresh = list({item.event.msg_id: (item, a) for item, a in fresh}.values())  # a msg_id applied twice: once
     if fresh:
         insert_many(
             conn,
@@ -288,7 +349,12 @@ def _record(
                 }
                 for item, a in fresh
             ],
-            conflict=lambda stmt: stmt.on_conflict_do_nothing(),
+            # a msg_id answered again for new content of its record: the answer it now gets
+            conflict=lambda stmt: stmt.on_conflict_do_update(
+                index_elements=["msg_id", "district_id"],
+                set_={c: stmt.excluded[c] for c in ("digest", "status", "category", "code", "description",
+                                                    "received_at")},
+            ),
         )
     errors = [(item, a) for item, a in fresh if a.error is not None]
     if errors:

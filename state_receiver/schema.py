@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
 
 from core.db import create_all
 from core.tables import REFID, object_tables
@@ -43,6 +43,27 @@ class StateSchema:
             Column("object", String(64), primary_key=True),
             Column("ref_id", REFID, primary_key=True),
             Column("code", String(8), nullable=False),
+        )
+        # records deleted by a versioned delete: an older change read before the delete (a resync page) that
+        # arrives after it must not bring the record back
+        self.tombstones = Table(
+            "receiver_tombstone", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("object", String(64), primary_key=True),
+            Column("ref_id", REFID, primary_key=True),
+            Column("version", BigInteger, nullable=False),
+            Column("deleted_at", String(32), nullable=False),
+        )
+        # live sync as the state sees it, per district: the last change applied and how long it took to arrive
+        self.live = Table(
+            "receiver_live", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("day", String(10), nullable=False),
+            Column("changes", Integer, nullable=False),  # live changes answered that day
+            Column("errors", Integer, nullable=False),
+            Column("last_change", String(32)),  # when the district captured the last change applied
+            Column("last_applied", String(32)),
+            Column("lag_ms", BigInteger),  # capture to apply, for the last delivery batch
         )
         self.markers = Table(
             "receiver_marker", m,

@@ -18,9 +18,11 @@ D = "district-1"
 
 
 def ev(obj: str, parents: dict[str, str] | None = None, *, ref: str | None = None, ts: str = "2026-11-29T08:00:00.000Z",
-       data: dict[str, Any] | None = None, action: Action = Action.CHANGE, msg_id: str | None = None) -> Event:
+       data: dict[str, Any] | None = None, action: Action = Action.CHANGE, msg_id: str | None = None,
+       version: int = 0) -> Event:
     year = 2027 if CATALOG.get(obj).year_scoped else None
-    return Event(msg_id or new_id(), ts, D, None, 1, obj, action, ref or new_id(), year, parents or {}, data or {})
+    return Event(msg_id or new_id(), ts, D, None, 1, obj, action, ref or new_id(), year, parents or {}, data or {},
+                 version)
 
 
 @pytest.fixture
@@ -83,22 +85,48 @@ def test_excluded_calendar_and_everything_under_it_is_rejected(db: Engine, state
     assert [count(db, state, o) for o in ("Calendar", "ScheduleStructure", "StructureGradeLevel")] == [0, 0, 0]
 
 
-def test_redelivery_is_a_no_op_and_changed_content_under_the_same_id_is_refused(db: Engine, state: StateSchema) -> None:
+def test_redelivery_is_a_no_op_and_new_content_under_the_same_id_is_applied_by_its_version(
+        db: Engine, state: StateSchema) -> None:
     d = ev("District", data={"name": "first"})
     assert run(db, state, d, digest="a") == [("ok", None)]
     assert run(db, state, d, digest="a") == [("ok", None)]
-    assert run(db, state, d, digest="b") == [("error", Code.DUPLICATE_CONFLICT)]
+    d.data = {"name": "read again after a crash"}
+    assert run(db, state, d, digest="b") == [("ok", None)]
     assert count(db, state, "District") == 1
+    with db.connect() as conn:
+        assert conn.execute(select(state.tables["District"].c.name)).scalar_one() == "read again after a crash"
+    # the same msg_id naming another record is a conflict
+    other = ev("District", msg_id=d.msg_id)
+    assert run(db, state, other, digest="c") == [("error", Code.DUPLICATE_CONFLICT)]
 
 
-def test_an_older_version_never_overwrites_a_newer_one(db: Engine, state: StateSchema) -> None:
+def test_an_older_version_never_overwrites_a_newer_one_whatever_the_clock_says(db: Engine, state: StateSchema) -> None:
     ref = new_id()
-    newer = ev("District", ref=ref, ts="2026-11-29T09:00:00.000Z", data={"name": "newer"})
-    older = ev("District", ref=ref, ts="2026-11-29T08:00:00.000Z", data={"name": "older"})
+    newer = ev("District", ref=ref, ts="2026-11-29T08:00:00.000Z", data={"name": "newer"}, version=7)
+    older = ev("District", ref=ref, ts="2026-11-29T09:00:00.000Z", data={"name": "older"}, version=5)
     assert run(db, state, newer) == [("ok", None)]
     assert run(db, state, older) == [("ok", None)]
     with db.connect() as conn:
         assert conn.execute(select(state.tables["District"].c.name)).scalar_one() == "newer"
+    # the same version again (a resync page read after the change) applies
+    again = ev("District", ref=ref, data={"name": "repaired"}, version=7)
+    assert run(db, state, again) == [("ok", None)]
+    with db.connect() as conn:
+        assert conn.execute(select(state.tables["District"].c.name)).scalar_one() == "repaired"
+
+
+def test_a_page_read_before_a_delete_does_not_bring_the_record_back(db: Engine, state: StateSchema) -> None:
+    ref = new_id()
+    assert run(db, state, ev("District", ref=ref, version=3)) == [("ok", None)]
+    assert run(db, state, ev("District", ref=ref, action=Action.DELETE, version=9)) == [("ok", None)]
+    assert count(db, state, "District") == 0
+    # the resync read it before the delete committed, and its page arrives after the delete
+    assert run(db, state, ev("District", ref=ref, version=3)) == [("ok", None)]
+    assert count(db, state, "District") == 0
+    # a delete older than what the state holds leaves the record
+    assert run(db, state, ev("District", ref=ref, version=12)) == [("ok", None)]
+    assert run(db, state, ev("District", ref=ref, action=Action.DELETE, version=10)) == [("ok", None)]
+    assert count(db, state, "District") == 1
 
 
 def test_deleting_a_parent_with_children_is_refused_and_the_child_stays(db: Engine, state: StateSchema) -> None:
