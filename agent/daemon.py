@@ -48,6 +48,7 @@ from messages.errors import BrokerRefused, Category, Code, DecodeError, FatalErr
 from messages.manifest import DISTRICT_ONLY, MISMATCHED, STATE_ONLY
 from messages.status import SEVERITY, colour
 from messages.text import clean
+from publisher.changes import Outbox
 from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 
 log = structlog.get_logger()
@@ -180,12 +181,14 @@ class Agent:
                       should_stop: Callable[[], bool], pace: Callable[[int], None]) -> bool:
         """Then its deletes, children before parents: a child moved to another parent has its new version at
         the state by now, and no delete finds a child still in place. False: stopped."""
+        # newer than any change the district has made: the state holds nothing a later change has not replaced
+        version = Outbox(self.engine, self.catalog).high_water()
         for obj in reversed(self.store.batch_objects(batch_id)):
             if obj["sent_at"] is not None:
                 continue
             name = obj["object"]
             refs = self.verifier.runs.diff_refs(run_id, name, (STATE_ONLY,), after=obj["last_ref_id"])
-            sent = pub.publish_pages(batch_id, name, year, ([RefOnly(r) for r in chunk] for chunk in refs),
+            sent = pub.publish_pages(batch_id, name, year, ([RefOnly(r, version) for r in chunk] for chunk in refs),
                                      action=Action.DELETE, progress=self._progress(batch_id, name),
                                      should_stop=should_stop, pace=pace)
             if sent is None:

@@ -18,6 +18,7 @@ from agent.tables import agent_log, batch, batch_object, error_log, metadata, pr
 from core.db import create_all, insert_many
 from messages.envelope import Ack, new_id, now_ts
 from messages.text import clean
+from publisher.changes import create_versions
 
 ACTIVE = ("queued", "running", "sent")
 BLOCKED = "Broker blocked publishing"
@@ -37,8 +38,8 @@ class AgentStore:
         self.engine = engine
 
     def create(self) -> None:
-
         create_all(metadata, self.engine)
+        create_versions(self.engine)
 
     # batches --------------------------------------------------------------------------------
 

@@ -16,12 +16,13 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from core.brokers import Connection, Topology
-from core.db import keyset_pages
+from core.db import keyset_pages, one_of
 from core.tables import to_wire
 from messages.catalog import Catalog, ref_column
 from messages.codec import MAX_BODY, encode_event, encode_marker
 from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, stable_id
 from messages.fields import fields
+from publisher.changes import versioned
 from publisher.schema import DistrictSchema
 
 CHUNK = 2_000
@@ -37,8 +38,9 @@ Refused = Callable[[Event, int], None]
 def rows(
     engine: Engine, schema: DistrictSchema, name: str, year: int | None, *, after: str = "", chunk: int = CHUNK
 ) -> Iterator[Sequence[Any]]:
+    """Each row carries the record's last confirmed version as ``resync_version``."""
     table = schema.tables[name]
-    query = select(table)
+    query = versioned(select(table), table, name)
     if year is not None and schema.catalog.get(name).year_scoped:
         query = query.where(table.c.school_year == year)
     return keyset_pages(engine, query, table.c.ref_id, chunk, after=after)
@@ -52,16 +54,33 @@ def rows_by_ref(
     table = schema.tables[name]
     for chunk in refs:
         with engine.connect() as conn:
-            page = conn.execute(select(table).where(table.c.ref_id.in_(chunk)).order_by(table.c.ref_id)).all()
+            page = conn.execute(versioned(select(table), table, name).where(one_of(table.c.ref_id, chunk, engine))
+                                .order_by(table.c.ref_id)).all()
         if page:
             yield page
 
 
 @dataclass(frozen=True, slots=True)
 class RefOnly:
-    """A record known by its ref_id alone: what a delete event needs."""
+    """A record known by its ref_id alone: what a delete event needs, with the version it carries."""
 
     ref_id: str
+    resync_version: int = 0
+
+
+def record_event(catalog: Catalog, district: str, msg_id: str, ts: str, batch: str | None, seq: int, name: str,
+                 action: Action, ref_id: str, row: Any, year: int | None, version: int) -> Event:
+    """The message for one record: ``row`` as read (None for a delete); a year-scoped record carries its own
+    year, or ``year`` when there is no row."""
+    obj = catalog.get(name)
+    if row is None or action is Action.DELETE:
+        return Event(msg_id, ts, district, batch, seq, name, action, ref_id, year if obj.year_scoped else None, {},
+                     {}, version)
+    m = row._mapping
+    return Event(msg_id, ts, district, batch, seq, name, action, ref_id,
+                 m["school_year"] if obj.year_scoped else None,
+                 {p: m[ref_column(p)] for p in obj.references}, {c: to_wire(k, m[c]) for c, k in fields(name)},
+                 version)
 
 
 class ObjectPublisher:
@@ -115,11 +134,6 @@ class ObjectPublisher:
         """Publish one event per row (for a delete, rows need only a ``ref_id``); returns how many were handled,
         or None if ``should_stop`` stopped it first. A record whose message would be over ``max_body`` is not
         sent but told to ``refused``, and counted as handled."""
-        obj = self.catalog.get(name)
-        refs = [(p, ref_column(p)) for p in obj.references]
-        cols = fields(name)
-        event_year = year if obj.year_scoped else None
-        deleting = action is Action.DELETE
         sent = 0
         unconfirmed: deque[tuple[int, int, str]] = deque()  # per chunk: published count, records, last ref_id
 
@@ -141,30 +155,22 @@ class ObjectPublisher:
                 if pace is not None and i % PACE_EVERY == 0:
                     pace(min(PACE_EVERY, len(page) - i))
                 self.seq += 1
-                m = None if deleting else row._mapping
-                event = Event(
-                    stable_id(batch, name, row.ref_id),
-                    ts,
-                    self.district,
-                    batch,
-                    self.seq,
-                    name,
-                    action,
-                    row.ref_id,
-                    event_year,
-                    {} if m is None else {p: m[c] for p, c in refs},
-                    {} if m is None else {c: to_wire(k, m[c]) for c, k in cols},
-                )
-                body = encode_event(event)
-                if len(body) > self.max_body:
-                    if self.refused is not None:
-                        self.refused(event, len(body))
-                    continue
-                self.conn.publish(self.queue, body, kind=Kind.EVENT, message_id=event.msg_id)
+                self.send(record_event(self.catalog, self.district, stable_id(batch, name, row.ref_id), ts, batch,
+                                       self.seq, name, action, row.ref_id, row, year, row.resync_version))
             unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
             settle(1)
         settle(0)
         return sent
+
+    def send(self, event: Event) -> bool:
+        """Publish one record's message, unless it is over ``max_body`` (then told to ``refused``)."""
+        body = encode_event(event)
+        if len(body) > self.max_body:
+            if self.refused is not None:
+                self.refused(event, len(body))
+            return False
+        self.conn.publish(self.queue, body, kind=Kind.EVENT, message_id=event.msg_id)
+        return True
 
     def marker(
         self,
