@@ -1,8 +1,9 @@
 """``resync agent run``: publish queued batches, count the state's acks, close finished batches.
 
-Two threads, each with its own broker connection: the publisher works through queued batches one
-at a time, object by object in plan order, recording after each confirmed chunk how far it got (so a
-restarted agent carries on from there); the main thread consumes the district's ack queue.
+Three threads, each with its own broker connection: live sync (``agent/live.py``) publishes every change the
+district commits; the publisher works through queued batches one at a time, object by object in plan order,
+recording after each confirmed chunk how far it got (so a restarted agent carries on from there); the main
+thread consumes the district's ack queue.
 
 Between batches the publisher thread also moves verifications on (``agent/verification_steps.py``), and a delta
 batch starts with one; manifest parts come in on the ack thread.
@@ -21,6 +22,8 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import Engine
 
+from agent import live_store
+from agent.live import LiveSync
 from agent.status import plan_batch
 from agent.store import STATE, AgentStore
 from agent.verification_steps import Verifier
@@ -63,6 +66,8 @@ class Agent:
         self._answers = threading.Condition()
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
+        self.live = LiveSync(settings, broker, engine, catalog, self._refused, self.store.set_blocked,
+                             lambda text: self.store.log_error(text, category=11))
 
     def setup(self) -> None:
         self.store.create()
@@ -80,13 +85,23 @@ class Agent:
                 failed.append(e)
                 stop.set()
 
-        publisher = threading.Thread(target=publishing, name="publisher", daemon=True)
-        publisher.start()
+        def live() -> None:
+            try:
+                self.live.run(stop)
+            except BaseException as e:
+                failed.append(e)
+                stop.set()
+
+        threads = [threading.Thread(target=publishing, name="publisher", daemon=True),
+                   threading.Thread(target=live, name="live", daemon=True)]
+        for t in threads:
+            t.start()
         try:
             run_forever(lambda: self._consume_acks(stop), stop, "ack consumer")
         finally:
             stop.set()
-            publisher.join()
+            for t in threads:
+                t.join()
         if failed:
             raise failed[0]
         log.info("agent stopped")
@@ -204,6 +219,9 @@ class Agent:
         self.store.record_acks([Ack(event.msg_id, "error", ErrorInfo(int(Category.GENERIC_MESSAGE),
                                                                      Code.NOT_SENT_TOO_LARGE, desc),
                                     event.object, event.ref_id, event.batch)])
+        if event.batch is None:
+            with self.engine.begin() as db:
+                live_store.refused(db, event)
         log.warning("record not sent: too large", object=event.object, ref_id=event.ref_id, bytes=size)
         with self._answers:
             self._answered += 1

@@ -14,6 +14,7 @@ from sqlalchemy import (
     update,
 )
 
+from agent import live_store
 from agent.tables import agent_log, batch, batch_object, error_log, metadata, process_alert
 from core.db import create_all, insert_many
 from messages.envelope import Ack, new_id, now_ts
@@ -124,6 +125,7 @@ class AgentStore:
                              .where(batch_object.c.batch_id == batch_id, batch_object.c.object == name)
                              .values(processed=batch_object.c.processed + processed,
                                      errors=batch_object.c.errors + errors))
+            live_store.settle(conn, [a.msg_id for a in fresh if a.batch is None])
             failed = [a for a in fresh if a.error is not None]
             if failed:
                 conn.execute(error_log.insert(), [

@@ -4,7 +4,7 @@ error log, process alerts, and the verification runs with the state's manifest p
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -72,6 +72,34 @@ error_log = Table(
     Column("code", String(8)),
     Column("description", Text, nullable=False),
     Column("extended", Text),
+)
+
+live_in_flight = Table(
+    "live_in_flight", metadata,
+    # a change message the broker confirmed and the state has not answered yet: where the lag is counted from,
+    # and what an answer 9.1 needs to heal the record
+    Column("msg_id", String(32), primary_key=True),
+    Column("object", String(64), nullable=False),
+    Column("ref_id", String(32), nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("captured", String(32), nullable=False),
+    Column("sent_at", String(32), nullable=False),
+    Column("heal_of", String(32)),  # the change this message heals (a parent, or the record again)
+    Column("heal", String(16)),  # wanted | sent: the state answered 9.1 and the agent heals it
+)
+
+live_day = Table(
+    "live_day", metadata,
+    # live changes per object and day: what `resync live` shows without reading the agent log
+    Column("day", String(10), primary_key=True),
+    Column("object", String(64), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("answered", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("healed", Integer, nullable=False, default=0),
+    Column("last_change", String(32)),  # when the last change sent was captured
+    Column("last_answer", String(32)),
 )
 
 process_alert = Table(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import (
     Connection,
     CursorResult,
@@ -27,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from messages.errors import ConfigError
+from messages.errors import ConfigError, StoreUnavailable
 
 
 def engine(url: str) -> Engine:
@@ -132,3 +134,39 @@ def create_all(metadata: MetaData, eng: Engine) -> None:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(dialect=eng.dialect)
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+class Listener:
+    """Wakes when ``channel`` is notified (PostgreSQL ``LISTEN``); on SQLite it only waits, and the caller polls.
+    Its connection is its own, outside the pool: it sits idle in LISTEN for as long as the daemon runs."""
+
+    def __init__(self, eng: Engine, channel: str) -> None:
+        self._conn: psycopg.Connection[Any] | None = None
+        if eng.dialect.name != "postgresql":
+            return
+        url = eng.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute(f"LISTEN {channel}")
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"cannot listen for changes: {str(e).strip()[:300]}") from e
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Up to ``timeout`` seconds for a notification; True if one came."""
+        if self._conn is None:
+            stop.wait(timeout)
+            return False
+        try:
+            return any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"lost the connection that listens for changes: {str(e).strip()[:300]}") from e
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
