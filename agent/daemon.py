@@ -22,7 +22,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import Engine
 
-from agent import live_store
+from agent import live_store, selection
 from agent.live import LiveSync
 from agent.status import plan_batch
 from agent.store import STATE, AgentStore
@@ -133,6 +133,8 @@ class Agent:
         if not resumed:
             self.store.set_batch(batch_id, status="running", started_at=now_ts())
         year, request, delta = batch["school_year"], batch["request_id"], bool(batch["delta"])
+        selective = batch["kind"] == "selective"
+        incomplete = delta or selective  # its markers say so: the state removes nothing after it
         log.info("batch resumed" if resumed else "batch started", batch=batch_id, kind=batch["kind"], year=year,
                  delta=delta)
         with self._answers:
@@ -150,18 +152,20 @@ class Agent:
 
             def interrupted() -> None:
                 if self.store.is_cancelled(batch_id):
-                    pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request, delta=delta)
+                    pub.marker(batch_id, MarkerKind.BATCH_CANCELLED, year=year, request=request, delta=incomplete)
                     log.info("batch cancelled", batch=batch_id)
 
             if not resumed:
-                pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request, delta=delta)
+                pub.marker(batch_id, MarkerKind.BATCH_START, year=year, request=request, delta=incomplete)
             run_id = self.verifier.plan_delta(batch_id, year, should_stop) if delta else None
             if delta and run_id is None:
                 return interrupted()
             if run_id is not None and not (self._send_changes(pub, batch_id, run_id, year, should_stop, pace)
                                            and self._send_deletes(pub, batch_id, run_id, year, should_stop, pace)):
                 return interrupted()
-            for obj in self.store.batch_objects(batch_id) if run_id is None else ():
+            if selective and not self._send_selection(pub, batch_id, year, should_stop, pace):
+                return interrupted()
+            for obj in self.store.batch_objects(batch_id) if run_id is None and not selective else ():
                 if obj["sent_at"] is not None:
                     continue
                 name = obj["object"]
@@ -174,8 +178,25 @@ class Agent:
                     return interrupted()
                 self.store.set_object(batch_id, name, sent_at=now_ts())
                 log.info("object sent", batch=batch_id, object=name if not request else None)
-            pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request, delta=delta)
+            pub.marker(batch_id, MarkerKind.BATCH_END, year=year, request=request, delta=incomplete)
         self.store.set_batch(batch_id, status="sent", sent_at=now_ts())
+
+    def _send_selection(self, pub: ObjectPublisher, batch_id: str, year: int, should_stop: Callable[[], bool],
+                        pace: Callable[[int], None]) -> bool:
+        """A selective batch's chosen records, parents first. False: stopped."""
+        for obj in self.store.batch_objects(batch_id):
+            if obj["sent_at"] is not None:
+                continue
+            name = obj["object"]
+            self.store.set_object(batch_id, name, started_at=obj["started_at"] or now_ts())
+            refs = selection.chunks(self.engine, batch_id, name, obj["last_ref_id"])
+            sent = pub.publish_pages(batch_id, name, year, rows_by_ref(self.engine, pub.schema, name, refs),
+                                     progress=self._progress(batch_id, name), should_stop=should_stop, pace=pace)
+            if sent is None:
+                return False
+            pub.end_object(batch_id, name, year, obj["sent"] + sent, delta=True)
+            self.store.set_object(batch_id, name, sent_at=now_ts())
+        return True
 
     def _send_changes(self, pub: ObjectPublisher, batch_id: str, run_id: str, year: int,
                       should_stop: Callable[[], bool], pace: Callable[[int], None]) -> bool:

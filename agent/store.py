@@ -177,7 +177,7 @@ class AgentStore:
         query = (select(batch_object, batch.c.status.label("batch_status"), batch.c.initiator,
                         batch.c.created_at)
                  .join(batch, batch.c.batch_id == batch_object.c.batch_id)
-                 .where(batch_object.c.school_year == year, _VISIBLE)
+                 .where(batch_object.c.school_year == year, _VISIBLE, batch.c.kind != "selective")
                  .order_by(batch.c.created_at))
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:

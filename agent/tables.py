@@ -45,6 +45,14 @@ batch_object = Table(
     Index("ix_resync_batch_object_object", "object", "school_year"),
 )
 
+batch_selection = Table(
+    "resync_batch_selection", metadata,
+    # the records a selective batch sends (`resync send OBJECT --ref-id ...`, with --cascade everything under them)
+    Column("batch_id", String(32), primary_key=True),
+    Column("object", String(64), primary_key=True),
+    Column("ref_id", String(32), primary_key=True),
+)
+
 agent_log = Table(
     "agent_log", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

@@ -10,11 +10,13 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from agent import selection
 from agent.status import pick_objects, plan_batch, reminders, status_rows
 from agent.store import ACTIVE, STATE, AgentStore
 from core import liveness
 from core.brokers import Topology, broker_for
 from core.brokers.base import DEAD_LETTER_QUEUE
+from messages.envelope import REFID
 from messages.errors import FatalError, ResyncError
 from publisher.schema import DistrictSchema
 from resync.cli.app import JSON, YEAR, Ctx, cli, pass_ctx
@@ -46,13 +48,20 @@ def objects(c: Ctx, as_json: bool) -> None:
               help="Send at most N records per second (spare the SIS during school hours).")
 @click.option("--only-changed", is_flag=True, help="Delta: send only records missing at the state or different "
               "there, and deletes for records only the state holds (compared as `resync verify` does).")
+@click.option("--ref-id", "ref_ids", multiple=True, metavar="ID",
+              help="Selective sync: send only these records of OBJECT (repeat for more).")
+@click.option("--cascade", is_flag=True, help="With --ref-id: and every record under them.")
 @JSON
 @pass_ctx
 def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: bool, year: str | None,
-         dry_run: bool, wait: bool, max_rate: int | None, only_changed: bool, as_json: bool) -> None:
+         dry_run: bool, wait: bool, max_rate: int | None, only_changed: bool, ref_ids: tuple[str, ...],
+         cascade: bool, as_json: bool) -> None:
     """Queue a resync batch for the agent; prints its id at once."""
     store = c.store()
     y = c.year(year)
+    if ref_ids or cascade:
+        return _send_selected(c, store, names, ref_ids, cascade, y, conflicting=send_all or only_changed
+                              or check_dependencies, dry_run=dry_run, wait=wait, as_json=as_json)
     pick_objects(c.catalog, c.settings, list(names), send_all=send_all, check_dependencies=check_dependencies,
                  year=y)  # the arguments first: a mistyped object is said as such, whatever the database holds
     missing = DistrictSchema(c.catalog).missing(store.engine)
@@ -78,6 +87,39 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
     what = (f"only what differs among {sum(p.expected for p in plan):,} records" if only_changed
             else f"{sum(p.expected for p in plan):,} records")
     console.print(f"queued {'delta ' if only_changed else ''}batch {batch_id}: {len(plan)} objects, {what}{rate}")
+    _follow(c, store, batch_id, wait)
+
+
+def _send_selected(c: Ctx, store: AgentStore, names: tuple[str, ...], ref_ids: tuple[str, ...], cascade: bool,
+                   year: int, *, conflicting: bool, dry_run: bool, wait: bool, as_json: bool) -> None:
+    if not ref_ids:
+        raise FatalError("--cascade goes with --ref-id: name the records to send, e.g. "
+                         "`resync send School --ref-id ID --cascade`")
+    if len(names) != 1 or conflicting:
+        raise FatalError("--ref-id sends chosen records of one object: name exactly one OBJECT, without --all, "
+                         "--only-changed or --check-dependencies")
+    name = pick_objects(c.catalog, c.settings, list(names), send_all=False, check_dependencies=False, year=year)[0]
+    refs = [r.upper() for r in ref_ids]
+    bad = next((r for r in refs if not REFID.match(r)), None)
+    if bad is not None:
+        raise FatalError(f"--ref-id {bad!r} is not a RefId: give 32 hexadecimal digits")
+    picked = selection.pick(store.engine, c.catalog, name, list(dict.fromkeys(refs)), cascade=cascade, year=year)
+    total = sum(len(r) for r in picked.values())
+    if dry_run:
+        if as_json:
+            return emit_json([{"object": n, "records": len(r)} for n, r in picked.items()])
+        table(f"Plan: selective sync of {name}{' with everything under it' if cascade else ''} (dry run)",
+              ["#", "Object", "Records"], [(i + 1, n, f"{len(r):,}") for i, (n, r) in enumerate(picked.items())],
+              caption=f"{total:,} records")
+        return
+    batch_id = selection.queue(store, picked, year=year)
+    if as_json and not wait:
+        return emit_json({"batch_id": batch_id, "objects": list(picked), "records": total})
+    console.print(f"queued selective batch {batch_id}: {total:,} records of {len(picked)} objects")
+    _follow(c, store, batch_id, wait)
+
+
+def _follow(c: Ctx, store: AgentStore, batch_id: str, wait: bool) -> None:
     if wait and not c.settings.broker_url:
         from resync.local import local_site
 
