@@ -1,13 +1,17 @@
 """Change capture in the district database: triggers on every enabled object's table write one row per changed
 record into ``resync_outbox``, in the SIS's own transaction, so a change is captured if and only if it commits.
 
-The outbox's ``id`` orders changes and is each change's version: per record, changes are serialized by the
-record's row lock, so a later commit of one record always has a larger id. Ids are handed out before commit,
-though, so a reader that took rows by id could pass over a row whose transaction commits late. On PostgreSQL
-each row keeps its transaction id (``xid``), and the reader takes only rows of transactions older than the
-oldest one still running (``pg_snapshot_xmin``): those are all finished, and no row of theirs can appear
-later. SQLite serializes writers, so there ids are handed out in commit order (``AUTOINCREMENT`` never reuses
-one).
+The outbox's ``id`` is each change's version: per record, changes are serialized by the record's row lock (and
+a re-inserted ref_id by its unique key), so a later change of one record always takes a larger id.
+
+Ids are handed out before commit, so ids are not in commit order, and a reader that kept a cursor (``id >
+last``) could pass over a row whose transaction commits late. The agent keeps no cursor: it reads every row
+visible in one snapshot (lowest ids first), publishes the records as that same snapshot shows them, and deletes
+exactly the rows it read once the broker holds the messages. A row that commits late is simply visible to a
+later read, so nothing is skipped; and since rows and content come from one snapshot, every record a message
+points at is either in the same read (sent first: parents before children) or was read before. Nothing waits for
+a long transaction either: its rows appear when it commits. SQLite serializes writers; ``AUTOINCREMENT`` never
+reuses an id.
 
 PostgreSQL triggers are per statement with transition tables: a bulk write costs one insert into the outbox,
 not one per row, and each statement notifies ``resync_outbox`` so the agent wakes at commit. A TRUNCATE is
@@ -36,7 +40,6 @@ CREATE TABLE IF NOT EXISTS {OUTBOX} (
     ref_id varchar(32) NOT NULL,
     action varchar(8) NOT NULL,
     school_year integer,
-    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     captured double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 )"""
 
@@ -47,7 +50,6 @@ CREATE TABLE IF NOT EXISTS {OUTBOX} (
     ref_id VARCHAR(32) NOT NULL,
     action VARCHAR(8) NOT NULL,
     school_year INTEGER,
-    xid INTEGER,
     captured REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 )"""
 
@@ -76,7 +78,6 @@ def _pg_rows(source: str, action: str, where: str = "") -> str:
 
 _PG_DDL = [
     _PG_OUTBOX,
-    f"CREATE INDEX IF NOT EXISTS ix_{OUTBOX}_xid ON {OUTBOX} (xid)",
     _pg_function("resync_capture_insert", _pg_rows("new_rows", "add")),
     _pg_function("resync_capture_update", _pg_rows("new_rows", "change") + _pg_rows(
         "old_rows", "delete", "WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.ref_id = r.ref_id)")),

@@ -80,16 +80,16 @@ class Outbox:
         return inspect(self.engine).has_table(OUTBOX)
 
     def take(self, limit: int) -> list[Change]:
-        """Up to ``limit`` captured rows of finished transactions, oldest first, as changed records: parents
-        before children, then deletes, children before parents."""
+        """Up to ``limit`` captured rows, lowest ids first, as the changed records are now (one snapshot for
+        both): parents before children, then deletes, children before parents."""
         with self.engine.connect() as conn:
             if self.postgres:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                finished = "xid < pg_snapshot_xmin(pg_current_snapshot())" if self.postgres else "1 = 1"
-                raw = conn.execute(text(
-                    f"SELECT id, object, ref_id, action, school_year, captured FROM {OUTBOX} WHERE {finished} "
-                    "ORDER BY id LIMIT :n"), {"n": limit}).all()
+                if not self.postgres:  # pysqlite begins no transaction for reads: without one, each read would
+                    conn.exec_driver_sql("BEGIN")  # see a later state of the district than the one before it
+                raw = conn.execute(text(f"SELECT id, object, ref_id, action, school_year, captured FROM {OUTBOX} "
+                                        "ORDER BY id LIMIT :n"), {"n": limit}).all()
                 return self._changes(conn, raw)
 
     def _changes(self, conn: Connection, raw: Sequence[Any]) -> list[Change]:
