@@ -63,26 +63,34 @@ def settle(conn: Connection, msg_ids: Sequence[str], *, locked: bool = False) ->
     if not locked:
         _lock(conn)
     f = live_in_flight
-    answered = select(f, agent_log.c.status, agent_log.c.code).join(agent_log, agent_log.c.msg_id == f.c.msg_id)
-    rows = conn.execute(answered.where(one_of(f.c.msg_id, msg_ids, conn.engine), f.c.heal.is_(None))).all()
+    query = select(f, agent_log.c.status, agent_log.c.code).join(agent_log, agent_log.c.msg_id == f.c.msg_id)
+    rows = conn.execute(query.where(one_of(f.c.msg_id, msg_ids, conn.engine), f.c.heal.is_(None))).all()
     if not rows:
         return
     now = now_ts()
     day = now[:10]
     done: list[str] = []
+    healing_wanted: list[str] = []
+    counts: dict[str, list[int]] = {}  # object -> answered, errors
     for r in rows:
         if r.heal_of is not None:
             done.append(r.msg_id)
             if (r.object, r.ref_id) == _record_of(conn, r.heal_of):  # the record itself, sent again
                 _heal_outcome(conn, r.heal_of, r.status == "ok", day, r.object)
             continue
+        c = counts.setdefault(r.object, [0, 0])
+        c[0] += 1
         if r.status == "error" and r.code == Code.PARENT_MISSING:
-            conn.execute(update(f).where(f.c.msg_id == r.msg_id).values(heal="wanted"))
-            _count(conn, day, r.object, answered=1, last_answer=now)
+            healing_wanted.append(r.msg_id)  # not an error yet: the live thread heals it
             continue
         done.append(r.msg_id)
-        _count(conn, day, r.object, answered=1, errors=0 if r.status == "ok" else 1, last_answer=now)
-    conn.execute(f.delete().where(one_of(f.c.msg_id, done, conn.engine)))
+        c[1] += r.status != "ok"
+    for name, (answered, errors) in counts.items():
+        _count(conn, day, name, answered=answered, errors=errors, last_answer=now)
+    if healing_wanted:
+        conn.execute(update(f).where(one_of(f.c.msg_id, healing_wanted, conn.engine)).values(heal="wanted"))
+    if done:
+        conn.execute(f.delete().where(one_of(f.c.msg_id, done, conn.engine)))
 
 
 def _record_of(conn: Connection, msg_id: str) -> tuple[str, str] | None:

@@ -12,6 +12,13 @@ counted, and checks the state. Prints a human summary and, last, one JSON line.
 
 ``--delta`` then times, on the unchanged district, `resync verify` and a delta resync
 (`resync send --all --only-changed`) against the full resync just measured.
+
+    python benchmarks/resync_bench.py --live --records 20000 [--live-seconds 30] [--live-minutes 5]
+
+``--live`` measures live sync instead (``benchmarks/live_bench.py``): what capture costs the district's writes,
+the lag from commit to the agent counting the state's answer at 100, 1,000 and 3,000 changes/s, the rate the
+pipeline sustains (a backlog drained), and with ``--live-minutes`` the agent's memory over a long run. One JSON
+line per measurement.
 """
 
 from __future__ import annotations
@@ -153,6 +160,10 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy flame graphs of both daemons into DIR")
     ap.add_argument("--delta", action="store_true",
                     help="then time verify and a delta resync of the unchanged district against the full resync")
+    ap.add_argument("--live", action="store_true", help="measure live sync (see benchmarks/live_bench.py)")
+    ap.add_argument("--live-seconds", type=float, default=30, help="length of each live sync phase")
+    ap.add_argument("--live-minutes", type=float, default=0, help="then write 1,000 changes/s this long, "
+                    "sampling the agent's memory")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -173,6 +184,14 @@ def main() -> None:
                        env=env, check=True, stdout=subprocess.DEVNULL)
         catalog = catalog_mod.load()
         district = engine(env["RESYNC_DISTRICT_DB"])
+        if args.live:
+            import tempfile
+
+            import live_bench  # beside this script
+            with tempfile.TemporaryDirectory() as tmp:
+                for line in live_bench.run(env, district, args.live_seconds, args.live_minutes, Path(tmp)):
+                    print(json.dumps(line))
+            return
         total = sum(DistrictSchema(catalog).count(district, n, 2027) for n in catalog.names())
         size = 300  # bytes; the seeded district's events average 445, so the raw figure errs high
         raw = raw_round_trip(url, total, size)

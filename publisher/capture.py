@@ -79,8 +79,13 @@ def _pg_rows(source: str, action: str, where: str = "") -> str:
 _PG_DDL = [
     _PG_OUTBOX,
     _pg_function("resync_capture_insert", _pg_rows("new_rows", "add")),
-    _pg_function("resync_capture_update", _pg_rows("new_rows", "change") + _pg_rows(
-        "old_rows", "delete", "WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.ref_id = r.ref_id)")),
+    # a row whose ref_id changed is a delete of the old one; EXCEPT is hashed, where NOT EXISTS on a transition
+    # table (it has no index) would compare every pair of rows
+    _pg_function("resync_capture_update", _pg_rows("new_rows", "change") + """
+    IF EXISTS (SELECT ref_id FROM old_rows EXCEPT SELECT ref_id FROM new_rows) THEN""" + _pg_rows(
+        "old_rows", "delete", "WHERE r.ref_id IN (SELECT ref_id FROM old_rows EXCEPT SELECT ref_id FROM new_rows)")
+        + """
+    END IF;"""),
     _pg_function("resync_capture_delete", _pg_rows("old_rows", "delete")),
     _pg_function("resync_capture_truncate", f"""
     EXECUTE format('INSERT INTO {OUTBOX} (object, ref_id, action, school_year) SELECT %L, ref_id, ''delete'', %s '

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, select, text
+from sqlalchemy import Connection, case, delete, func, select, text
 
 from core.db import insert, insert_many, one_of
 from core.tables import from_wire
@@ -71,6 +71,19 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
         obj = schema.catalog.get(object_name)
         table = schema.tables[object_name]
         pending: list[tuple[int, Incoming, dict[str, Any]]] = []
+        deleting: list[tuple[int, Incoming]] = []
+
+        def delete_pending(deleting: list[tuple[int, Incoming]] = deleting, deleted: dict[str, int] = deleted) -> None:
+            for (pos, item), ack in zip(deleting, _delete(conn, schema, district, deleting, now), strict=True):
+                e = item.event
+                known.present[e.object].discard(e.ref_id)
+                if ack.ok and e.version:
+                    deleted[e.ref_id] = max(deleted.get(e.ref_id, 0), e.version)
+                answered[e.msg_id] = (item.digest, ack)
+                acks[pos] = ack
+                fresh.append((item, ack))
+            deleting.clear()
+
         for pos, item in run:
             e = item.event
             # 1. seen before (in an earlier batch or earlier in this one): answer the same way; the same record
@@ -88,14 +101,15 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                         f"message {e.msg_id} was already received for another record",
                     )
                     continue
-            # 2. deletes go one at a time, after what is pending, in a savepoint
+            # 2. deletes go together, after the changes before them and before the changes after them
             if e.action is Action.DELETE:
                 _upsert(conn, table, pending, acks, fresh)
                 pending = []
-                ack = _delete(conn, schema, district, e, now)
-                known.present[object_name].discard(e.ref_id)
+                deleting.append((pos, item))
+                continue
+            delete_pending()
             # 3. read before a delete the state has applied: the record stays deleted
-            elif deleted.get(e.ref_id, -1) > e.version:
+            if deleted.get(e.ref_id, -1) > e.version:
                 ack = _ok(e)
             # 4. the record itself, or a parent of it, is not allowed to sync
             elif obj.excludable and e.data.get("state_exclude") is True:
@@ -131,6 +145,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
             acks[pos] = ack
             fresh.append((item, ack))
         _upsert(conn, table, pending, acks, fresh)
+        delete_pending()
 
     # 7. remember every new answer (the inbox makes redelivery a no-op) and log the errors
     _record(conn, schema, district, fresh, new_excluded, now)
@@ -283,33 +298,54 @@ def _upsert(
         fresh.append((item, ack))
 
 
-def _delete(conn: Connection, schema: StateSchema, district: str, e: Event, now: str) -> Ack:
-    table = schema.tables[e.object]
-    mine = and_(table.c.district_id == district, table.c.ref_id == e.ref_id)
-    held = conn.execute(select(func.coalesce(table.c.version, 0)).where(mine)).scalar()
-    if held is not None and held > e.version:
-        return _ok(e)  # read before the version the state holds: the record stays
-    for child in schema.catalog.referrers(e.object):
+def _delete(conn: Connection, schema: StateSchema, district: str, items: list[tuple[int, Incoming]],
+            now: str) -> list[Ack]:
+    """Deletes of one object, together: one query per child object finds which still have children."""
+    if not items:
+        return []
+    name = items[0][1].event.object
+    table = schema.tables[name]
+    refs = {item.event.ref_id for _, item in items}
+    held = dict(conn.execute(select(table.c.ref_id, func.coalesce(table.c.version, 0)).where(
+        table.c.district_id == district, one_of(table.c.ref_id, refs, conn.engine))).all())
+    # read before the version the state holds: the record stays
+    stale = {item.event.ref_id for _, item in items if held.get(item.event.ref_id, -1) > item.event.version}
+    holding: dict[str, str] = {}  # record -> a child object that still points at it
+    for child in schema.catalog.referrers(name):
+        wanted = refs - stale - set(holding)
+        if not wanted:
+            break
         ct = schema.tables[child]
-        column = ct.c[ref_column(e.object)]
-        if conn.execute(select(ct.c.ref_id).where(ct.c.district_id == district, column == e.ref_id).limit(1)).first():
-            return _error(
-                e,
-                Category.EVENT_PROCESSING,
-                Code.HAS_CHILDREN,
-                f"{e.object} {e.ref_id} still has child records at the state; delete them first",
-                f"{child} records point at it",
-            )
-    conn.execute(delete(table).where(mine))
-    if e.version:
-        t = schema.tombstones
-        stmt = insert(conn.engine)(t).values(district_id=district, object=e.object, ref_id=e.ref_id,
-                                             version=e.version, deleted_at=now)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["district_id", "object", "ref_id"],
-            set_={"version": stmt.excluded.version, "deleted_at": stmt.excluded.deleted_at},
-            where=t.c.version < stmt.excluded.version))
-    return _ok(e)
+        column = ct.c[ref_column(name)]
+        for (ref,) in conn.execute(select(column).where(ct.c.district_id == district,
+                                                        one_of(column, wanted, conn.engine)).distinct()):
+            holding[ref] = child
+    gone = refs - stale - set(holding)
+    if gone:
+        conn.execute(delete(table).where(table.c.district_id == district, one_of(table.c.ref_id, gone, conn.engine)))
+        tombs: dict[str, int] = {}
+        for _, item in items:
+            e = item.event
+            if e.ref_id in gone and e.version:
+                tombs[e.ref_id] = max(tombs.get(e.ref_id, 0), e.version)
+        if tombs:
+            t = schema.tombstones
+            insert_many(conn, t, [{"district_id": district, "object": name, "ref_id": r, "version": v,
+                                   "deleted_at": now} for r, v in tombs.items()],
+                        conflict=lambda stmt: stmt.on_conflict_do_update(
+                            index_elements=["district_id", "object", "ref_id"],
+                            set_={"version": stmt.excluded.version, "deleted_at": stmt.excluded.deleted_at},
+                            where=t.c.version < stmt.excluded.version))
+    out = []
+    for _, item in items:
+        e = item.event
+        if e.ref_id in holding:
+            out.append(_error(e, Category.EVENT_PROCESSING, Code.HAS_CHILDREN,
+                              f"{e.object} {e.ref_id} still has child records at the state; delete them first",
+                              f"{holding[e.ref_id]} records point at it"))
+        else:
+            out.append(_ok(e))
+    return out
 
 
 def lock_district(conn: Connection, district: str) -> None:
