@@ -13,7 +13,9 @@ chain as the district has it, then the record again, and the agent log says it w
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import structlog
@@ -59,29 +61,56 @@ class LiveSync:
         if stop.is_set():
             return
         log.info("live sync started")
-        with self.broker.connect() as conn, Listener(self.engine, CHANNEL) as listener:
+        with (self.broker.connect() as conn, Listener(self.engine, CHANNEL) as listener,
+              ThreadPoolExecutor(1, thread_name_prefix="live-read") as reader,
+              ThreadPoolExecutor(1, thread_name_prefix="live-books") as books):
             conn.watch = self.watch
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.settings.district,
                                   max_body=self.settings.max_body, refused=self.refused)
+            # Three steps overlap: while one chunk is published, the next is read (leaving out the rows of the
+            # chunks not yet removed), and the books of the one before are written.
+            behind: deque[tuple[Future[None], set[int]]] = deque()
+            ahead: Future[list[Change]] | None = None
             while not stop.is_set():
                 try:
+                    while behind and (behind[0][0].done() or len(behind) > 2):
+                        behind.popleft()[0].result()
                     busy = self._heal(pub)
-                    changes = self.outbox.take(CHUNK)
+                    taken = set().union(*(ids for _, ids in behind))
+                    changes = ahead.result() if ahead is not None else self.outbox.take(CHUNK, besides=taken)
+                    ahead = None
                     if changes:
-                        self._send(pub, changes)
+                        ids = {i for c in changes for i in c.ids}
+                        ahead = reader.submit(self.outbox.take, CHUNK, besides=taken | ids)
+                        events = self._send(pub, changes)
+                        behind.append((books.submit(self._books, changes, events), ids))
                 except Exception as e:
                     # a bug or data it cannot send: the changes stay in the outbox, and it tries again
                     permanent(e)
                     log.exception("live sync failed; trying again in 5 seconds")
                     self.failed(clean(f"live sync failed: {type(e).__name__}: {e}", 1000))
+                    behind.clear()
+                    ahead = None
                     stop.wait(5.0)
                     continue
                 if not changes and not busy:
-                    listener.wait(self.poll, stop)
-                    conn.keep_alive()
+                    if behind:
+                        wait([behind[0][0]], timeout=self.poll)
+                    else:
+                        listener.wait(self.poll, stop)
+                        conn.keep_alive()
+            for future, _ in behind:
+                future.result()
 
-    def _send(self, pub: ObjectPublisher, changes: list[Change]) -> None:
-        events = []
+    def _books(self, changes: list[Change], events: list[tuple[Event, str | None]]) -> None:
+        """Once the broker holds the messages: the outbox rows go, and the messages are in flight."""
+        with self.engine.begin() as db:
+            confirmed(db, changes)
+            live_store.sent(db, events)
+
+    def _send(self, pub: ObjectPublisher, changes: list[Change]) -> list[tuple[Event, str | None]]:
+        """Publish the changes and wait for the broker's confirms."""
+        events: list[tuple[Event, str | None]] = []
         for c in changes:
             if c.object not in self.catalog:
                 continue
@@ -92,10 +121,8 @@ class LiveSync:
             if pub.send(e):
                 events.append((e, None))
         self._confirm(pub)
-        with self.engine.begin() as db:
-            confirmed(db, changes)
-            live_store.sent(db, events)
         log.debug("changes sent", records=len(events))
+        return events
 
     @staticmethod
     def _confirm(pub: ObjectPublisher) -> None:

@@ -10,7 +10,7 @@ overwrite it (see ``publisher/capture.py`` for why ids grow per record).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,8 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Float,
+    Integer,
     MetaData,
     String,
     Table,
@@ -36,6 +38,9 @@ from messages.envelope import Action, canonical_ts
 from publisher.capture import OUTBOX
 from publisher.schema import DistrictSchema
 
+_outbox = Table(OUTBOX, MetaData(), Column("id", BigInteger, primary_key=True), Column("object", String(64)),
+                Column("ref_id", String(32)), Column("action", String(8)), Column("school_year", Integer),
+                Column("captured", Float))
 metadata = MetaData()
 versions = Table(
     "resync_record_version", metadata,
@@ -79,17 +84,20 @@ class Outbox:
     def installed(self) -> bool:
         return inspect(self.engine).has_table(OUTBOX)
 
-    def take(self, limit: int) -> list[Change]:
+    def take(self, limit: int, *, besides: Collection[int] = ()) -> list[Change]:
         """Up to ``limit`` captured rows, lowest ids first, as the changed records are now (one snapshot for
-        both): parents before children, then deletes, children before parents."""
+        both): parents before children, then deletes, children before parents. ``besides``: ids already taken
+        whose removal is under way."""
         with self.engine.connect() as conn:
             if self.postgres:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 if not self.postgres:  # pysqlite begins no transaction for reads: without one, each read would
                     conn.exec_driver_sql("BEGIN")  # see a later state of the district than the one before it
-                raw = conn.execute(text(f"SELECT id, object, ref_id, action, school_year, captured FROM {OUTBOX} "
-                                        "ORDER BY id LIMIT :n"), {"n": limit}).all()
+                query = select(_outbox).order_by(_outbox.c.id).limit(limit)
+                if besides:
+                    query = query.where(~one_of(_outbox.c.id, besides, conn.engine))
+                raw = conn.execute(query).all()
                 return self._changes(conn, raw)
 
     def _changes(self, conn: Connection, raw: Sequence[Any]) -> list[Change]:
@@ -141,7 +149,6 @@ class Outbox:
         return int(top)
 
 
-_outbox = Table(OUTBOX, MetaData(), Column("id", BigInteger, primary_key=True))
 
 
 def confirmed(conn: Connection, changes: Sequence[Change]) -> None:
