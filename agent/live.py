@@ -13,6 +13,7 @@ chain as the district has it, then the record again, and the agent log says it w
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -40,6 +41,8 @@ CHUNK = 2_000
 POLL = 1.0
 """Seconds between looks at the outbox when no notification comes (SQLite has none)."""
 SQLITE_POLL = 0.2
+HEAL_EVERY = 1.0
+"""Seconds between looks for changes to heal."""
 
 
 class LiveSync:
@@ -51,6 +54,7 @@ class LiveSync:
         self.outbox = Outbox(engine, catalog)
         self.schema = DistrictSchema(catalog)
         self.poll = POLL if engine.dialect.name == "postgresql" else SQLITE_POLL
+        self._next_heal = 0.0
 
     def run(self, stop: threading.Event) -> None:
         run_forever(lambda: self._serve(stop), stop, "live sync")
@@ -132,8 +136,14 @@ class LiveSync:
     # healing ----------------------------------------------------------------------------------
 
     def _heal(self, pub: ObjectPublisher) -> bool:
-        """Heal the changes answered 9.1; True if there were any."""
+        """Heal the changes answered 9.1 (looked for once a second: they are rare, and a look costs a query on
+        the path of every change); True if there were any."""
+        if time.monotonic() < self._next_heal:
+            return False
+        self._next_heal = time.monotonic() + HEAL_EVERY
         wanted = live_store.wanted(self.engine)
+        if wanted:
+            self._next_heal = 0.0  # more may be waiting
         for original in wanted:
             record = self._row(original.object, original.ref_id)
             chain, missing = self._parents(original.object, record) if record is not None else ([], None)
