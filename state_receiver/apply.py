@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, select, text
+from sqlalchemy import Connection, String, case, delete, func, literal, select, text, union_all
 
 from core.db import insert, insert_many, one_of
 from core.tables import from_wire
@@ -57,6 +57,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
     """Apply ``batch`` (in order) inside the caller's transaction and return one ack per message."""
     lock_district(conn, district)
     answered = _previous_answers(conn, schema, district, [i.event.msg_id for i in batch])
+    tombstones = _tombstones(conn, schema, district, [i.event for i in batch])
     acks: dict[int, Ack] = {}  # position in batch -> answer
     fresh: list[tuple[Incoming, Ack]] = []  # answers given for the first time, to remember
     known = _Known()
@@ -67,7 +68,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
         run = [(next(positions), item) for item in run_iter]
         events = [item.event for _, item in run]
         _learn_parents(conn, schema, district, object_name, events, known)
-        deleted = _tombstones(conn, schema, district, object_name, events)
+        deleted = tombstones.setdefault(object_name, {})
         obj = schema.catalog.get(object_name)
         table = schema.tables[object_name]
         pending: list[tuple[int, Incoming, dict[str, Any]]] = []
@@ -154,16 +155,19 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
     return answers
 
 
-def _tombstones(conn: Connection, schema: StateSchema, district: str, object_name: str,
-                events: list[Event]) -> dict[str, int]:
-    """The version of each delete the state applied to these records (those it remembers)."""
+def _tombstones(conn: Connection, schema: StateSchema, district: str, events: list[Event]) -> dict[str, dict[str, int]]:
+    """Per object, the version of each delete the state applied to these records (those it remembers): one
+    query for the whole batch."""
     refs = {e.ref_id for e in events if e.action is not Action.DELETE}
     if not refs:
         return {}
     t = schema.tombstones
-    found = conn.execute(select(t.c.ref_id, t.c.version).where(
-        t.c.district_id == district, t.c.object == object_name, one_of(t.c.ref_id, refs, conn.engine)))
-    return {r.ref_id: r.version for r in found}
+    found = conn.execute(select(t.c.object, t.c.ref_id, t.c.version).where(
+        t.c.district_id == district, one_of(t.c.ref_id, refs, conn.engine)))
+    out: dict[str, dict[str, int]] = {}
+    for r in found:
+        out.setdefault(r.object, {})[r.ref_id] = r.version
+    return out
 
 
 def _count_live(conn: Connection, schema: StateSchema, district: str, batch: list[Incoming], acks: list[Ack],
@@ -311,16 +315,11 @@ def _delete(conn: Connection, schema: StateSchema, district: str, items: list[tu
     # read before the version the state holds: the record stays
     stale = {item.event.ref_id for _, item in items if held.get(item.event.ref_id, -1) > item.event.version}
     holding: dict[str, str] = {}  # record -> a child object that still points at it
-    for child in schema.catalog.referrers(name):
-        wanted = refs - stale - set(holding)
-        if not wanted:
-            break
-        ct = schema.tables[child]
-        column = ct.c[ref_column(name)]
-        for (ref,) in conn.execute(select(column).where(ct.c.district_id == district,
-                                                        one_of(column, wanted, conn.engine)).distinct()):
-            holding[ref] = child
-    gone = refs - stale - set(holding)
+    wanted = refs - stale
+    if wanted and schema.catalog.referrers(name):
+        for child, ref in _children(conn, schema, name, district, wanted):
+            holding.setdefault(ref, child)
+    gone = wanted - set(holding)
     if gone:
         conn.execute(delete(table).where(table.c.district_id == district, one_of(table.c.ref_id, gone, conn.engine)))
         tombs: dict[str, int] = {}
@@ -346,6 +345,34 @@ def _delete(conn: Connection, schema: StateSchema, district: str, items: list[tu
         else:
             out.append(_ok(e))
     return out
+
+
+_CHILD_CHECKS: dict[tuple[int, str], str] = {}
+
+
+def _children(conn: Connection, schema: StateSchema, name: str, district: str, refs: set[str]) -> Any:
+    """(child object, record) for each of ``refs`` that a child record still points at: one statement for every
+    child object (a Calendar has 36), one round trip. On PostgreSQL the SQL is built once per object: building
+    and keying a 36-part union costs more than running it."""
+    if conn.dialect.name != "postgresql":
+        checks = []
+        for child in schema.catalog.referrers(name):
+            ct = schema.tables[child]
+            column = ct.c[ref_column(name)]
+            checks.append(select(literal(child, String).label("child"), column.label("ref"))
+                          .where(ct.c.district_id == district, column.in_(refs)))
+        return conn.execute(union_all(*checks))
+    key = (id(schema), name)
+    sql = _CHILD_CHECKS.get(key)
+    if sql is None:
+        quote = conn.dialect.identifier_preparer.quote
+        sql = _CHILD_CHECKS[key] = " UNION ALL ".join(
+            f"SELECT '{child}' AS child, {quote(ref_column(name))} AS ref FROM {quote(schema.tables[child].name)} "
+            f"WHERE district_id = %(district)s AND {quote(ref_column(name))} = ANY(%(refs)s)"
+            for child in schema.catalog.referrers(name))
+    # prepared on the server once per connection: planning a 36-part union costs more than running it
+    psycopg_conn: Any = conn.connection.dbapi_connection
+    return psycopg_conn.cursor().execute(sql, {"district": district, "refs": list(refs)}, prepare=True).fetchall()
 
 
 def lock_district(conn: Connection, district: str) -> None:

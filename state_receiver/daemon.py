@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection as DbConnection
@@ -42,6 +43,7 @@ from messages.envelope import (
     Marker,
     MarkerKind,
     VerifyReport,
+    canonical_ts,
     now_ts,
     stable_id,
 )
@@ -61,6 +63,11 @@ HELD_BYTES = 16 * 1024 * 1024
 MANIFEST_REPEAT = 600.0
 """Seconds during which a manifest request already answered is not answered again (a district that asks
 many times gets one manifest; after a receiver restart, the request is answered anew)."""
+PRUNE_EVERY = 600.0
+"""Seconds between prunings of the tombstones."""
+TOMBSTONE_KEEP = 86_400
+"""Seconds a versioned delete is remembered. Pages read before a delete are published within seconds of it and
+sit right behind it in the queue, so a day is far more than they need."""
 PACK_BYTES = MAX_ACK_MESSAGE
 """An ack message stays well under the broker's message-size limit, however long the errors' texts."""
 
@@ -128,8 +135,13 @@ class Receiver:
                 self.answer(conn, deliveries, answers, out)
 
             in_hand: tuple[list[Delivery], Future[Answers]] | None = None
+            pruned = 0.0
             while not stop.is_set():
-                deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.02,
+                if time.monotonic() - pruned > PRUNE_EVERY and in_hand is None:
+                    self.prune_tombstones()
+                    pruned = time.monotonic()
+                # with a batch in hand, only what has already come: its answer waits for nothing else
+                deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
                                         max_bytes=HELD_BYTES)
                 if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
                     # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
@@ -144,6 +156,13 @@ class Receiver:
                 in_hand = following
             if in_hand is not None:
                 answer(in_hand[0], in_hand[1].result())
+
+    def prune_tombstones(self) -> int:
+        """Forget deletes applied over a day ago: a page read before a delete arrives right behind it."""
+        t = self.schema.tombstones
+        cutoff = canonical_ts(datetime.now(UTC) - timedelta(seconds=TOMBSTONE_KEEP))
+        with self.engine.begin() as db:
+            return int(db.execute(t.delete().where(t.c.deleted_at < cutoff)).rowcount)
 
     def handle(self, conn: Connection, deliveries: list[Delivery]) -> None:
         self.answer(conn, deliveries, self.work(deliveries))

@@ -53,6 +53,8 @@ class StateSchema:
             Column("ref_id", REFID, primary_key=True),
             Column("version", BigInteger, nullable=False),
             Column("deleted_at", String(32), nullable=False),
+            Index("ix_receiver_tombstone_ref_id", "district_id", "ref_id"),
+            Index("ix_receiver_tombstone_deleted_at", "deleted_at"),
         )
         # live sync as the state sees it, per district: the last change applied and how long it took to arrive
         self.live = Table(

@@ -152,3 +152,20 @@ def test_the_agent_counts_an_ack_once_even_when_its_replay_arrives_with_it(db: E
     assert store.record_acks([ack]) == 0
     [obj] = store.batch_objects(batch)
     assert obj["processed"] == 1
+
+
+def test_the_receiver_forgets_deletes_after_a_day(db: Engine, state: StateSchema, tmp_path: Any) -> None:
+    from core.brokers.memory import MemoryBroker
+    from core.settings import Settings
+    from state_receiver.daemon import Receiver
+
+    old, fresh = new_id(), new_id()
+    assert run(db, state, ev("District", ref=fresh, action=Action.DELETE, version=4)) == [("ok", None)]
+    t = state.tombstones
+    with db.begin() as conn:
+        conn.execute(t.insert().values(district_id=D, object="District", ref_id=old, version=2,
+                                       deleted_at="2020-01-01T00:00:00.000Z"))
+    receiver = Receiver(Settings(home=tmp_path, state_db=str(db.url)), MemoryBroker(), db, CATALOG)
+    assert receiver.prune_tombstones() == 1
+    with db.connect() as conn:
+        assert [r.ref_id for r in conn.execute(select(t.c.ref_id))] == [fresh]

@@ -73,8 +73,15 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     (["verify", "Enrolment"], "Enrollment"),
     (["verify", "--district", "district-2", "--year", "2027"], "current, previous or next"),
     (["verify", "--district", "district-2"], "RESYNC_BROKER_URL"),
+    (["send", "School", "--ref-id", "zz"], "32 hexadecimal digits"),
+    (["send", "School", "--cascade"], "--cascade goes with --ref-id"),
+    (["send", "School", "District", "--ref-id", "A" * 32], "exactly one OBJECT"),
+    (["send", "--all", "--ref-id", "A" * 32], "exactly one OBJECT"),
+    (["send", "School", "--ref-id", "A" * 32], "resync seed"),
 ], ids=["unknown-object", "no-objects", "all-and-names", "unknown-option", "zero-students", "bad-district",
-        "agent-no-broker", "zero-rate", "verify-unknown-object", "state-verify-year", "state-verify-no-broker"])
+        "agent-no-broker", "zero-rate", "verify-unknown-object", "state-verify-year", "state-verify-no-broker",
+        "ref-id-not-a-refid", "cascade-without-ref-id", "ref-id-two-objects", "ref-id-with-all",
+        "ref-id-unseeded"])
 def test_bad_arguments_print_one_error_line(tmp_path: Path, args: list[str], hint: str) -> None:
     assert hint in error_line(run(tmp_path, *args))
 
@@ -186,6 +193,37 @@ def test_history_log_errors_and_queue_after_demo(demo_home: tuple[Path, subproce
     assert isinstance(ok_json(home, "errors", "--json"), list)
     queue = ok_json(home, "queue", "--json")
     assert isinstance(queue, dict) and {"queues", "in_flight"} <= queue.keys()
+
+
+def test_demo_ends_with_live_changes_arriving(demo_home: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    home, out = demo_home
+    shown = out.stdout
+    assert "Live changes at the state" in shown
+    assert "(renamed)" in shown and "Live Sync Elementary" in shown and "deleted" in shown, shown
+    live = ok_json(home, "live", "--json")
+    assert live["captured"] is True
+    sent = {o["object"]: o for o in live["objects"]}
+    assert sent["School"]["sent"] == 2 and sent["School"]["errors"] == 0 and sent["School"]["lag_seconds"] is None
+    assert all(r["captured"] for r in ok_json(home, "capture", "status", "--json"))
+    [at_state] = ok_json(home, "live", "--state", "--json")
+    assert at_state["changes"] == sum(o["sent"] for o in live["objects"]) and at_state["errors"] == 0
+
+
+def test_selective_sync_on_the_embedded_default(tmp_path: Path) -> None:
+    ok(tmp_path, "seed", "--students", "30", "--year", YEAR)
+    ok(tmp_path, "send", "--all", "--wait", RESYNC_SCHOOL_YEAR=YEAR)
+    school = ok_json(tmp_path, "log", "--object", "School", "--json", "--limit", "1")[0]["ref_id"]
+    plan = ok_json(tmp_path, "send", "School", "--ref-id", school.lower(), "--cascade", "--dry-run", "--json",
+                   RESYNC_SCHOOL_YEAR=YEAR)
+    assert plan[0] == {"object": "School", "records": 1} and len(plan) > 2
+    ok(tmp_path, "send", "School", "--ref-id", school, "--cascade", "--wait", RESYNC_SCHOOL_YEAR=YEAR)
+    newest = ok_json(tmp_path, "history", "--json")[0]
+    assert newest["kind"] == "selective" and newest["status"] == "completed"
+    assert newest["sent"] == newest["processed"] == sum(p["records"] for p in plan)
+    assert "Selective" not in ok(tmp_path, "status", RESYNC_SCHOOL_YEAR=YEAR)
+    missing = "F" * 32
+    assert f"School {missing} does not exist at the district" in error_line(
+        run(tmp_path, "send", "School", "--ref-id", missing, RESYNC_SCHOOL_YEAR=YEAR))
 
 
 def test_demo_again_without_reset_resyncs(tmp_path: Path) -> None:

@@ -64,11 +64,7 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
                               or check_dependencies, dry_run=dry_run, wait=wait, as_json=as_json)
     pick_objects(c.catalog, c.settings, list(names), send_all=send_all, check_dependencies=check_dependencies,
                  year=y)  # the arguments first: a mistyped object is said as such, whatever the database holds
-    missing = DistrictSchema(c.catalog).missing(store.engine)
-    if missing:
-        raise FatalError(f"the district database has no table for {missing[0]}"
-                         + (f" (nor for {len(missing) - 1} more objects)" if len(missing) > 1 else "")
-                         + ": run `resync seed`, or point RESYNC_DISTRICT_DB (--district-db) at your SIS copy")
+    _needs_tables(c, store)
     plan = plan_batch(c.catalog, store.engine, c.settings, list(names), send_all=send_all,
                       check_dependencies=check_dependencies, year=y)
     if dry_run:
@@ -90,6 +86,14 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
     _follow(c, store, batch_id, wait)
 
 
+def _needs_tables(c: Ctx, store: AgentStore) -> None:
+    missing = DistrictSchema(c.catalog).missing(store.engine)
+    if missing:
+        raise FatalError(f"the district database has no table for {missing[0]}"
+                         + (f" (nor for {len(missing) - 1} more objects)" if len(missing) > 1 else "")
+                         + ": run `resync seed`, or point RESYNC_DISTRICT_DB (--district-db) at your SIS copy")
+
+
 def _send_selected(c: Ctx, store: AgentStore, names: tuple[str, ...], ref_ids: tuple[str, ...], cascade: bool,
                    year: int, *, conflicting: bool, dry_run: bool, wait: bool, as_json: bool) -> None:
     if not ref_ids:
@@ -103,6 +107,7 @@ def _send_selected(c: Ctx, store: AgentStore, names: tuple[str, ...], ref_ids: t
     bad = next((r for r in refs if not REFID.match(r)), None)
     if bad is not None:
         raise FatalError(f"--ref-id {bad!r} is not a RefId: give 32 hexadecimal digits")
+    _needs_tables(c, store)
     picked = selection.pick(store.engine, c.catalog, name, list(dict.fromkeys(refs)), cascade=cascade, year=year)
     total = sum(len(r) for r in picked.values())
     if dry_run:
