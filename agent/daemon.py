@@ -66,6 +66,7 @@ class Agent:
         self._answers = threading.Condition()
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
+        self._batch_answered = False  # the ack thread took answers to a batch since it last closed batches
         self.live = LiveSync(settings, broker, engine, catalog, self._refused, self.store.set_blocked,
                              lambda text: self.store.log_error(text, category=11))
 
@@ -288,6 +289,7 @@ class Agent:
             # ack messages are the largest the agent reads: anything larger is let go unread
             conn.consume(Topology.acks(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
             conn.consume(Topology.control(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
+            next_close = 0.0
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
                 for d, reason in self._take(deliveries):
@@ -297,8 +299,11 @@ class Agent:
                 if deliveries:
                     conn.flush()
                     conn.ack(deliveries[-1].delivery_tag, multiple=True)
-                for batch_id in self.store.complete_finished():
-                    self._notify(batch_id)
+                # after answers to a batch, or once a second (live changes alone close nothing)
+                if self._batch_answered or time.monotonic() >= next_close:
+                    self._batch_answered, next_close = False, time.monotonic() + 1.0
+                    for batch_id in self.store.complete_finished():
+                        self._notify(batch_id)
 
     def _take(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
         """Handle the state's answers and requests; returns what must be dead-lettered, with the reason. A
@@ -339,6 +344,7 @@ class Agent:
             self.verifier.on_parts(parts)
         if acks:
             self.store.record_acks(acks)
+            self._batch_answered = self._batch_answered or any(a.batch is not None for a in acks)
             with self._answers:
                 # every answer, replays too: a record resent after a reconnect is answered by a replay
                 self._answered += len(acks)

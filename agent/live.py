@@ -85,7 +85,8 @@ class LiveSync:
                     ahead = None
                     if changes:
                         ids = {i for c in changes for i in c.ids}
-                        ahead = reader.submit(self.outbox.take, CHUNK, besides=taken | ids)
+                        if len(ids) >= CHUNK:  # a backlog: read on; otherwise wait to be told of more
+                            ahead = reader.submit(self.outbox.take, CHUNK, besides=taken | ids)
                         events = self._send(pub, changes)
                         behind.append((books.submit(self._books, changes, events), ids))
                 except Exception as e:
@@ -97,7 +98,7 @@ class LiveSync:
                     ahead = None
                     stop.wait(5.0)
                     continue
-                if not changes and not busy:
+                if ahead is None and not busy:
                     if behind:
                         wait([behind[0][0]], timeout=self.poll)
                     else:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, text, update
 
 from agent.tables import agent_log, live_day, live_in_flight
-from core.db import insert, insert_many, one_of
+from core.db import insert_many, one_of
 from messages.envelope import Event, now_ts
 from messages.errors import Code
 
@@ -26,15 +26,23 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(7227318)"))
 
 
-def _count(conn: Connection, day: str, name: str, **add: Any) -> None:
+# One statement for every count (both databases know this upsert): built once, where building it per call
+# with the expression language cost more than running it.
+_COUNT = text(
+    "INSERT INTO live_day (day, object, sent, answered, errors, healed, last_change, last_answer) "
+    "VALUES (:day, :object, :sent, :answered, :errors, :healed, :last_change, :last_answer) "
+    "ON CONFLICT (day, object) DO UPDATE SET sent = live_day.sent + excluded.sent, "
+    "answered = live_day.answered + excluded.answered, errors = live_day.errors + excluded.errors, "
+    "healed = live_day.healed + excluded.healed, "
+    "last_change = coalesce(excluded.last_change, live_day.last_change), "
+    "last_answer = coalesce(excluded.last_answer, live_day.last_answer)")
+
+
+def _count(conn: Connection, day: str, name: str, *, sent: int = 0, answered: int = 0, errors: int = 0,
+           healed: int = 0, last_change: str | None = None, last_answer: str | None = None) -> None:
     """Add to ``name``'s counts for ``day`` (``last_change`` / ``last_answer`` are set, not added)."""
-    stamps: dict[str, Any] = {k: add.pop(k) for k in ("last_change", "last_answer") if k in add}
-    values = {"sent": 0, "answered": 0, "errors": 0, "healed": 0, **add, **stamps}
-    stmt = insert(conn.engine)(live_day).values(day=day, object=name, **values)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["day", "object"],
-        set_={**{k: live_day.c[k] + stmt.excluded[k] for k in add},
-              **{k: func.coalesce(stmt.excluded[k], live_day.c[k]) for k in stamps}}))
+    conn.execute(_COUNT, {"day": day, "object": name, "sent": sent, "answered": answered, "errors": errors,
+                          "healed": healed, "last_change": last_change, "last_answer": last_answer})
 
 
 def sent(conn: Connection, events: Sequence[tuple[Event, str | None]]) -> None:

@@ -157,7 +157,11 @@ class Listener:
             stop.wait(timeout)
             return False
         try:
-            return any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
+            if not any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1)):
+                return False
+            for _ in self._conn.notifies(timeout=0):  # the others that came meanwhile: one look covers them all
+                pass
+            return True
         except psycopg.Error as e:
             raise StoreUnavailable(f"lost the connection that listens for changes: {str(e).strip()[:300]}") from e
 
