@@ -36,7 +36,7 @@ from publisher.publish import ObjectPublisher, record_event
 from publisher.schema import DistrictSchema
 
 log = structlog.get_logger()
-CHUNK = 2_000
+CHUNK = 5_000
 """Changes read and published together: one snapshot, one round of confirms."""
 POLL = 1.0
 """Seconds between looks at the outbox when no notification comes (SQLite has none)."""

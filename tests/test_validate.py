@@ -75,7 +75,7 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
 
 @pytest.mark.parametrize("kind", list(DECODERS))
 @settings(max_examples=300, deadline=None)
-@given(doc=st.dictionaries(st.sampled_from(["v", "msg_id", "ts", "source", "batch", "seq", "object", "action",
+@given(doc=st.dictionaries(st.sampled_from(["v", "msg_id", "ts", "source", "batch", "seq", "ver", "object", "action",
                                             "ref_id", "year", "parents", "data", "kind", "count", "request",
                                             "district", "acks", "request_id", "objects", "requested_by", "part",
                                             "last", "entries", "error"]), JSON, max_size=14),
@@ -99,6 +99,25 @@ def _event(**over: Any) -> bytes:
     doc = {"v": 1, "msg_id": "A" * 32, "ts": TS, "source": "district-1", "batch": "B" * 32, "seq": 1,
            "object": "District", "action": "change", "ref_id": "C" * 32, "year": None, "parents": {}, "data": {}}
     return orjson.dumps({**doc, **over})
+
+
+@settings(max_examples=300, deadline=None)
+@given(ver=JSON)
+def test_a_version_is_a_whole_number_a_bigint_column_holds_or_the_event_is_refused(ver: Any) -> None:
+    body = json.dumps({**orjson.loads(_event()), "ver": ver}).encode()  # json: orjson refuses ints past 64 bits
+    try:
+        event = decode_event(body, CATALOG, now=NOW)
+    except DecodeError as e:
+        assert (e.code, e.msg_id) == (Code.BAD_FIELD, "A" * 32)
+        return
+    assert type(event.version) is int and 0 <= event.version < 2**63 and event.version == ver
+
+
+def test_an_event_without_a_version_is_version_0() -> None:
+    assert decode_event(_event(), CATALOG, now=NOW).version == 0
+    assert decode_event(_event(ver=2**63 - 1), CATALOG, now=NOW).version == 2**63 - 1
+    with pytest.raises(DecodeError):
+        decode_event(_event(ver=2**63), CATALOG, now=NOW)
 
 
 def test_ts_is_kept_in_one_canonical_utc_form() -> None:
