@@ -244,7 +244,6 @@ class Agent:
         if event.batch is None:
             with self.engine.begin() as db:
                 live_store.refused(db, event)
-            self.live.answered([event.msg_id])
         log.warning("record not sent: too large", object=event.object, ref_id=event.ref_id, bytes=size)
         with self._answers:
             self._answered += 1
@@ -345,7 +344,6 @@ class Agent:
             self.verifier.on_parts(parts)
         if acks:
             self.store.record_acks(acks)
-            self.live.answered([a.msg_id for a in acks if a.batch is None])
             self._batch_answered = self._batch_answered or any(a.batch is not None for a in acks)
             with self._answers:
                 # every answer, replays too: a record resent after a reconnect is answered by a replay

@@ -43,8 +43,6 @@ POLL = 1.0
 SQLITE_POLL = 0.2
 HEAL_EVERY = 1.0
 """Seconds between looks for changes to heal."""
-STATUS_EVERY = 1.0
-"""Seconds between writes of the status `resync live` reads."""
 
 
 class LiveSync:
@@ -57,30 +55,6 @@ class LiveSync:
         self.schema = DistrictSchema(catalog)
         self.poll = POLL if engine.dialect.name == "postgresql" else SQLITE_POLL
         self._next_heal = 0.0
-        # live messages published and not yet answered (msg_id -> when captured), for the lag `resync live` shows
-        self._flying: dict[str, str] = {}
-        self._flying_lock = threading.Lock()
-        self._next_status = 0.0
-
-    def answered(self, msg_ids: list[str]) -> None:
-        """Told by the ack thread of the state's answers."""
-        with self._flying_lock:
-            for m in msg_ids:
-                self._flying.pop(m, None)
-
-    def _fly(self, events: list[Event]) -> None:
-        with self._flying_lock:
-            self._flying.update((e.msg_id, e.ts) for e in events)
-
-    def _status(self, force: bool = False) -> None:
-        """About once a second: the changes in flight, for `resync live`."""
-        if not force and time.monotonic() < self._next_status:
-            return
-        self._next_status = time.monotonic() + STATUS_EVERY
-        with self._flying_lock:
-            count, oldest = len(self._flying), min(self._flying.values(), default=None)
-        with self.engine.begin() as db:
-            live_store.status(db, count, oldest)
 
     def run(self, stop: threading.Event) -> None:
         run_forever(lambda: self._serve(stop), stop, "live sync")
@@ -105,7 +79,6 @@ class LiveSync:
                 try:
                     while behind and (behind[0][0].done() or len(behind) > 2):
                         behind.popleft()[0].result()
-                    self._status()
                     busy = self._heal(pub)
                     taken = set().union(*(ids for _, ids in behind))
                     changes = ahead.result() if ahead is not None else self.outbox.take(CHUNK, besides=taken)
@@ -123,8 +96,6 @@ class LiveSync:
                     self.failed(clean(f"live sync failed: {type(e).__name__}: {e}", 1000))
                     behind.clear()
                     ahead = None
-                    with self._flying_lock:  # what was in flight is answered or sent again
-                        self._flying.clear()
                     stop.wait(5.0)
                     continue
                 if ahead is None and not busy:
@@ -136,15 +107,15 @@ class LiveSync:
             for future, _ in behind:
                 future.result()
 
-    def _books(self, changes: list[Change], events: list[Event]) -> None:
-        """Once the broker holds the messages: the outbox rows go, and they count as sent."""
+    def _books(self, changes: list[Change], events: list[tuple[Event, str | None]]) -> None:
+        """Once the broker holds the messages: the outbox rows go, and the messages are in flight."""
         with self.engine.begin() as db:
             confirmed(db, changes)
             live_store.sent(db, events)
 
-    def _send(self, pub: ObjectPublisher, changes: list[Change]) -> list[Event]:
+    def _send(self, pub: ObjectPublisher, changes: list[Change]) -> list[tuple[Event, str | None]]:
         """Publish the changes and wait for the broker's confirms."""
-        events: list[Event] = []
+        events: list[tuple[Event, str | None]] = []
         for c in changes:
             if c.object not in self.catalog:
                 continue
@@ -152,9 +123,8 @@ class LiveSync:
             msg_id = stable_id("live", c.object, c.ref_id, str(c.version))
             e = record_event(self.catalog, self.settings.district, msg_id, c.captured, None, pub.seq, c.object,
                              c.action, c.ref_id, c.row, c.year, c.version)
-            events.append(e)
-        self._fly(events)
-        events = [e for e in events if pub.send(e)]
+            if pub.send(e):
+                events.append((e, None))
         self._confirm(pub)
         log.debug("changes sent", records=len(events))
         return events
@@ -185,19 +155,19 @@ class LiveSync:
                     live_store.not_healed(db, original.msg_id, original.object, why)
                 log.warning("change not healed", object=original.object, ref_id=original.ref_id, reason=why)
                 continue
-            sending: list[tuple[Event, str]] = []
+            sending: list[tuple[Event, str | None]] = []
             for name, row in [*chain, (original.object, record)]:
+                version = max(row.resync_version, original.version) if row is record else row.resync_version
                 pub.seq += 1
                 e = record_event(self.catalog, self.settings.district, stable_id("heal", original.msg_id, name,
                                                                                  row.ref_id),
-                                 now_ts(), None, pub.seq, name, Action.CHANGE, row.ref_id, row, None,
-                                 row.resync_version)
-                sending.append((e, "retry" if row is record else "parent"))
-            with self.engine.begin() as db:  # noted before they go: their answers may come at once
-                live_store.healing(db, original.msg_id, sending)
-            for e, _ in sending:
-                pub.send(e)
+                                 now_ts(), None, pub.seq, name, Action.CHANGE, row.ref_id, row, None, version)
+                if pub.send(e):
+                    sending.append((e, original.msg_id))
             self._confirm(pub)
+            with self.engine.begin() as db:
+                live_store.healing(db, original.msg_id)
+                live_store.sent(db, sending)
             log.info("healing a change: its parents sent again", object=original.object, ref_id=original.ref_id,
                      parents=len(chain))
         return bool(wanted)

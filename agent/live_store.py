@@ -1,10 +1,9 @@
-"""What the agent keeps of live sync: per object and day what was sent, answered, refused and healed
-(``live_day``), the changes being healed (``live_heal``), and a status row with the changes in flight
-(``live_status``, written about once a second by the live thread, which keeps them in memory).
+"""What the agent keeps of live sync: the change messages the broker holds and the state has not answered
+(``live_in_flight``), and per object and day what was sent, answered, refused and healed (``live_day``).
 
-Answers are counted from the agent log's fresh outcomes, in the transaction that logs them, so each is counted
-once. A change answered 9.1 is noted in ``live_heal``; the messages that heal it are noted there before they
-are published, so their answers, which may come at once, always find them.
+The live thread writes a message's row once the broker has confirmed it, and the ack thread settles it when the
+state's answer comes. The answer can come first: both sides therefore settle under one lock, and each settles
+every row whose answer is already in the agent log, so each answer is counted once, whichever side is first.
 """
 
 from __future__ import annotations
@@ -14,14 +13,18 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
 
-from agent.tables import agent_log, live_day, live_heal, live_status
-from core.db import insert, insert_many, one_of
-from messages.catalog import Catalog
-from messages.envelope import Ack, Event, now_ts
+from agent.tables import agent_log, live_day, live_in_flight
+from core.db import insert_many, one_of
+from messages.envelope import Event, now_ts
 from messages.errors import Code
-from publisher.changes import Outbox
 
 HEALED = "healed"
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":  # SQLite has one writer at a time already
+        conn.execute(text("SELECT pg_advisory_xact_lock(7227318)"))
+
 
 # One statement for every count (both databases know this upsert): built once, where building it per call
 # with the expression language cost more than running it.
@@ -42,57 +45,66 @@ def _count(conn: Connection, day: str, name: str, *, sent: int = 0, answered: in
                           "healed": healed, "last_change": last_change, "last_answer": last_answer})
 
 
-def sent(conn: Connection, events: Sequence[Event]) -> None:
-    """Changes the broker now holds."""
-    day = now_ts()[:10]
+def sent(conn: Connection, events: Sequence[tuple[Event, str | None]]) -> None:
+    """Messages the broker now holds (each with the change it heals, if any): in flight until answered."""
+    if not events:
+        return
+    now = now_ts()
+    _lock(conn)
+    insert_many(conn, live_in_flight, [
+        {"msg_id": e.msg_id, "object": e.object, "ref_id": e.ref_id, "action": e.action.value, "version": e.version,
+         "captured": e.ts, "sent_at": now, "heal_of": heal_of, "heal": None} for e, heal_of in events],
+        conflict=lambda stmt: stmt.on_conflict_do_nothing())
     per_object: dict[str, list[Event]] = {}
-    for e in events:
-        per_object.setdefault(e.object, []).append(e)
+    for e, heal_of in events:
+        if heal_of is None:
+            per_object.setdefault(e.object, []).append(e)
     for name, es in per_object.items():
-        _count(conn, day, name, sent=len(es), last_change=max(e.ts for e in es))
+        _count(conn, now[:10], name, sent=len(es), last_change=max(e.ts for e in es))
+    settle(conn, [e.msg_id for e, _ in events], locked=True)
 
 
-def refused(conn: Connection, event: Event) -> None:
-    """A change not sent (too large): counted as sent, so that its answer (an error of the agent's own) is
-    counted against it."""
-    _count(conn, now_ts()[:10], event.object, sent=1)
-
-
-def answered(conn: Connection, acks: Sequence[Ack]) -> None:
-    """The state's first answers to live messages, in the transaction that logs them."""
-    if not acks:
+def settle(conn: Connection, msg_ids: Sequence[str], *, locked: bool = False) -> None:
+    """Apply the state's answers (already in the agent log) to the in-flight messages among ``msg_ids``."""
+    if not msg_ids:
+        return
+    if not locked:
+        _lock(conn)
+    f = live_in_flight
+    query = select(f, agent_log.c.status, agent_log.c.code).join(agent_log, agent_log.c.msg_id == f.c.msg_id)
+    rows = conn.execute(query.where(one_of(f.c.msg_id, msg_ids, conn.engine), f.c.heal.is_(None))).all()
+    if not rows:
         return
     now = now_ts()
     day = now[:10]
-    h = live_heal
-    healing = {r.msg_id: r for r in conn.execute(select(h).where(one_of(h.c.msg_id, [a.msg_id for a in acks],
-                                                                          conn.engine)))}
-    counts: dict[str, list[int]] = {}  # object -> answered, errors
-    wanted: list[dict[str, Any]] = []
     done: list[str] = []
-    for a in acks:
-        row = healing.get(a.msg_id)
-        if row is not None:  # a message sent to heal a change
-            done.append(a.msg_id)
-            if row.kind == "retry":
-                _heal_outcome(conn, row.original, a.ok, day, row.object)
-                done.append(row.original)
+    healing_wanted: list[str] = []
+    counts: dict[str, list[int]] = {}  # object -> answered, errors
+    for r in rows:
+        if r.heal_of is not None:
+            done.append(r.msg_id)
+            if (r.object, r.ref_id) == _record_of(conn, r.heal_of):  # the record itself, sent again
+                _heal_outcome(conn, r.heal_of, r.status == "ok", day, r.object)
             continue
-        if a.object is None:
-            continue
-        c = counts.setdefault(a.object, [0, 0])
+        c = counts.setdefault(r.object, [0, 0])
         c[0] += 1
-        if a.error is not None and a.error.code == Code.PARENT_MISSING and a.ref_id:
-            wanted.append({"msg_id": a.msg_id, "original": a.msg_id, "object": a.object, "ref_id": a.ref_id,
-                           "kind": "wanted", "at": now})  # not an error yet: the live thread heals it
-        elif not a.ok:
-            c[1] += 1
-    for name, (n, errors) in counts.items():
-        _count(conn, day, name, answered=n, errors=errors, last_answer=now)
-    if wanted:
-        insert_many(conn, h, wanted, conflict=lambda stmt: stmt.on_conflict_do_nothing())
+        if r.status == "error" and r.code == Code.PARENT_MISSING:
+            healing_wanted.append(r.msg_id)  # not an error yet: the live thread heals it
+            continue
+        done.append(r.msg_id)
+        c[1] += r.status != "ok"
+    for name, (answered, errors) in counts.items():
+        _count(conn, day, name, answered=answered, errors=errors, last_answer=now)
+    if healing_wanted:
+        conn.execute(update(f).where(one_of(f.c.msg_id, healing_wanted, conn.engine)).values(heal="wanted"))
     if done:
-        conn.execute(h.delete().where(one_of(h.c.msg_id, done, conn.engine)))
+        conn.execute(f.delete().where(one_of(f.c.msg_id, done, conn.engine)))
+
+
+def _record_of(conn: Connection, msg_id: str) -> tuple[str, str] | None:
+    row = conn.execute(select(live_in_flight.c.object, live_in_flight.c.ref_id)
+                       .where(live_in_flight.c.msg_id == msg_id)).first()
+    return None if row is None else (row.object, row.ref_id)
 
 
 def _heal_outcome(conn: Connection, original: str, ok: bool, day: str, name: str) -> None:
@@ -102,56 +114,40 @@ def _heal_outcome(conn: Connection, original: str, ok: bool, day: str, name: str
             status=HEALED, description=func.coalesce(agent_log.c.description, "")
             + "; healed: its parents were sent again, then the record"))
     _count(conn, day, name, healed=1 if ok else 0, errors=0 if ok else 1)
+    conn.execute(live_in_flight.delete().where(live_in_flight.c.msg_id == original))
+
+
+def not_healed(conn: Connection, original: str, name: str, why: str) -> None:
+    """A change answered 9.1 that cannot be healed: its error stands, and the agent log says why."""
+    _lock(conn)
+    conn.execute(update(agent_log).where(agent_log.c.msg_id == original).values(
+        description=func.coalesce(agent_log.c.description, "") + f"; not healed: {why}"))
+    _count(conn, now_ts()[:10], name, errors=1)
+    conn.execute(live_in_flight.delete().where(live_in_flight.c.msg_id == original))
+
+
+def healing(conn: Connection, original: str) -> None:
+    conn.execute(update(live_in_flight).where(live_in_flight.c.msg_id == original).values(heal="sent"))
 
 
 def wanted(engine: Engine, limit: int = 50) -> list[Any]:
     """Changes answered 9.1 that the live thread is to heal."""
     with engine.connect() as conn:
-        return list(conn.execute(select(live_heal).where(live_heal.c.kind == "wanted")
-                                 .order_by(live_heal.c.at).limit(limit)))
+        return list(conn.execute(select(live_in_flight).where(live_in_flight.c.heal == "wanted")
+                                 .order_by(live_in_flight.c.sent_at).limit(limit)))
 
 
-def healing(conn: Connection, original: str, messages: Sequence[tuple[Event, str]]) -> None:
-    """Before the messages that heal ``original`` are published: each (event, "parent" or "retry")."""
-    now = now_ts()
-    insert_many(conn, live_heal, [{"msg_id": e.msg_id, "original": original, "object": e.object,
-                                   "ref_id": e.ref_id, "kind": kind, "at": now} for e, kind in messages],
-                conflict=lambda stmt: stmt.on_conflict_do_nothing())
-    conn.execute(update(live_heal).where(live_heal.c.msg_id == original).values(kind="healing"))
-
-
-def not_healed(conn: Connection, original: str, name: str, why: str) -> None:
-    """A change answered 9.1 that cannot be healed: its error stands, and the agent log says why."""
-    conn.execute(update(agent_log).where(agent_log.c.msg_id == original).values(
-        description=func.coalesce(agent_log.c.description, "") + f"; not healed: {why}"))
-    _count(conn, now_ts()[:10], name, errors=1)
-    conn.execute(live_heal.delete().where(live_heal.c.msg_id == original))
-
-
-def status(conn: Connection, in_flight: int, oldest: str | None) -> None:
-    stmt = insert(conn.engine)(live_status).values(id=1, updated_at=now_ts(), in_flight=in_flight, oldest=oldest)
-    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={
-        "updated_at": stmt.excluded.updated_at, "in_flight": stmt.excluded.in_flight,
-        "oldest": stmt.excluded.oldest}))
+def refused(conn: Connection, event: Event) -> None:
+    """A change not sent (too large): an error of the day, with no answer to wait for."""
+    _count(conn, now_ts()[:10], event.object, errors=1)
 
 
 def summary(engine: Engine, day: str) -> dict[str, Any]:
-    """Today's counts per object, the agent's last status (changes in flight, the oldest of them, when it said
-    so), and the changes being healed."""
+    """Per object: today's counts, the messages in flight and the oldest change not yet answered."""
+    f = live_in_flight
     with engine.connect() as conn:
         counts = {r.object: dict(r._mapping) for r in conn.execute(select(live_day).where(live_day.c.day == day))}
-        row = conn.execute(select(live_status)).first()
-        heals = int(conn.execute(select(func.count()).select_from(live_heal)).scalar_one())
-    return {"counts": counts, "in_flight": row.in_flight if row else 0, "oldest": row.oldest if row else None,
-            "updated_at": row.updated_at if row else None, "healing": heals}
-
-
-def caught_up(engine: Engine, catalog: Catalog) -> bool:
-    """Every captured change sent and answered, and every heal done."""
-    if Outbox(engine, catalog).depth()[0]:
-        return False
-    with engine.connect() as conn:
-        sent_, answered_ = conn.execute(select(func.coalesce(func.sum(live_day.c.sent), 0),
-                                               func.coalesce(func.sum(live_day.c.answered), 0))).one()
-        heals = conn.execute(select(func.count()).select_from(live_heal)).scalar_one()
-    return bool(sent_ == answered_ and heals == 0)
+        flight = {r.object: (int(r.n), r.oldest) for r in conn.execute(
+            select(f.c.object, func.count().label("n"), func.min(f.c.captured).label("oldest"))
+            .where(f.c.heal_of.is_(None)).group_by(f.c.object))}
+    return {"counts": counts, "in_flight": flight}

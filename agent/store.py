@@ -125,7 +125,7 @@ class AgentStore:
                              .where(batch_object.c.batch_id == batch_id, batch_object.c.object == name)
                              .values(processed=batch_object.c.processed + processed,
                                      errors=batch_object.c.errors + errors))
-            live_store.answered(conn, [a for a in fresh if a.batch is None])
+            live_store.settle(conn, [a.msg_id for a in fresh if a.batch is None])
             failed = [a for a in fresh if a.error is not None]
             if failed:
                 conn.execute(error_log.insert(), [

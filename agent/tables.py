@@ -4,7 +4,7 @@ error log, process alerts, and the verification runs with the state's manifest p
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -82,24 +82,19 @@ error_log = Table(
     Column("extended", Text),
 )
 
-live_heal = Table(
-    "live_heal", metadata,
-    # a live change the state answered 9.1, and the messages sent to heal it (its parents, then itself again)
+live_in_flight = Table(
+    "live_in_flight", metadata,
+    # a change message the broker confirmed and the state has not answered yet: where the lag is counted from,
+    # and what an answer 9.1 needs to heal the record
     Column("msg_id", String(32), primary_key=True),
-    Column("original", String(32), nullable=False),  # the change being healed
     Column("object", String(64), nullable=False),
     Column("ref_id", String(32), nullable=False),
-    Column("kind", String(8), nullable=False),  # wanted | healing (the change itself) | parent | retry
-    Column("at", String(32), nullable=False),
-)
-
-live_status = Table(
-    "live_status", metadata,
-    # one row, written by the agent about once a second: the live changes sent and not yet answered
-    Column("id", Integer, primary_key=True),
-    Column("updated_at", String(32), nullable=False),
-    Column("in_flight", Integer, nullable=False),
-    Column("oldest", String(32)),  # when the oldest of them was captured
+    Column("action", String(8), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("captured", String(32), nullable=False),
+    Column("sent_at", String(32), nullable=False),
+    Column("heal_of", String(32)),  # the change this message heals (a parent, or the record again)
+    Column("heal", String(16)),  # wanted | sent: the state answered 9.1 and the agent heals it
 )
 
 live_day = Table(

@@ -25,6 +25,8 @@ from sqlalchemy import Engine, select
 from agent import live_store
 from agent.tables import agent_log
 from messages import catalog as catalog_mod
+from messages.envelope import now_ts
+from publisher.changes import Outbox
 
 
 def _writer(dsn: str, rate: float, seconds: float, seed: int, out: str) -> None:
@@ -85,7 +87,9 @@ def write(dsn: str, rate: float, seconds: float, writers: int, tmp: Path) -> tup
 
 
 def caught_up(district: Engine) -> bool:
-    return live_store.caught_up(district, catalog_mod.load())
+    catalog = catalog_mod.load()
+    return (Outbox(district, catalog).depth()[0] == 0
+            and not live_store.summary(district, now_ts()[:10])["in_flight"])
 
 
 def wait_caught_up(district: Engine, limit: float = 600) -> float:

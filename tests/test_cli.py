@@ -203,7 +203,7 @@ def test_demo_ends_with_live_changes_arriving(demo_home: tuple[Path, subprocess.
     live = ok_json(home, "live", "--json")
     assert live["captured"] is True
     sent = {o["object"]: o for o in live["objects"]}
-    assert sent["School"]["sent"] == 2 and sent["School"]["errors"] == 0 and live["lag_seconds"] is None
+    assert sent["School"]["sent"] == 2 and sent["School"]["errors"] == 0 and sent["School"]["lag_seconds"] is None
     assert all(r["captured"] for r in ok_json(home, "capture", "status", "--json"))
     [at_state] = ok_json(home, "live", "--state", "--json")
     assert at_state["changes"] == sum(o["sent"] for o in live["objects"]) and at_state["errors"] == 0

@@ -80,30 +80,24 @@ def live(c: Ctx, state_side: bool, as_json: bool) -> None:
     now = time.time()
     rows = []
     for name in c.catalog.names():
-        counts, (depth, oldest_waiting) = summary["counts"].get(name, {}), waiting.get(name, (0, None))
-        if counts or depth:
-            rows.append({"object": name, "sent": counts.get("sent", 0), "answered": counts.get("answered", 0),
-                         "errors": counts.get("errors", 0), "healed": counts.get("healed", 0),
-                         "last_change": counts.get("last_change"), "outbox": depth,
-                         "oldest_waiting": _ts(oldest_waiting)})
-    # the agent says what it has in flight about once a second; what it said over a minute ago is not news
-    fresh = summary["updated_at"] is not None and now - (_epoch(summary["updated_at"]) or 0) < 60
-    in_flight = summary["in_flight"] if fresh else 0
-    oldest = min([t for t in (_epoch(summary["oldest"]) if fresh else None,
-                              *(w[1] for w in waiting.values())) if t is not None], default=None)
-    lag = None if oldest is None else round(max(0.0, now - oldest), 3)
-    result = {"captured": outbox.installed(), "day": today, "objects": rows, "in_flight": in_flight,
-              "healing": summary["healing"], "lag_seconds": lag, "agent_seen": summary["updated_at"]}
+        counts, (flying, oldest_sent) = summary["counts"].get(name, {}), summary["in_flight"].get(name, (0, None))
+        depth, oldest_waiting = waiting.get(name, (0, None))
+        oldest = min([t for t in (_epoch(oldest_sent), oldest_waiting) if t is not None], default=None)
+        if not counts and not flying and not depth:
+            continue
+        rows.append({"object": name, "sent": counts.get("sent", 0), "answered": counts.get("answered", 0),
+                     "errors": counts.get("errors", 0), "healed": counts.get("healed", 0),
+                     "last_change": counts.get("last_change"), "outbox": depth, "in_flight": flying,
+                     "lag_seconds": None if oldest is None else round(max(0.0, now - oldest), 3)})
     if as_json:
-        return emit_json(result)
+        return emit_json({"captured": outbox.installed(), "day": today, "objects": rows})
+    lag = max((r["lag_seconds"] for r in rows if r["lag_seconds"] is not None), default=None)
     caption = ("change capture is not installed: run `resync capture install`" if not outbox.installed() else
-               "up to date: nothing waits for the state" if lag is None else
-               f"lag {lag:.1f} s (the oldest change not yet answered by the state); {in_flight:,} in flight")
-    if outbox.installed() and not fresh:
-        caption += "; the agent has not said what it has in flight for a minute: is `resync agent run` running?"
-    table(f"Live sync, {today} (UTC)", ["Object", "Sent", "Errors", "Healed", "Last change", "Outbox"],
-          [(r["object"], f"{r['sent']:,}", r["errors"], r["healed"] or "", when(r["last_change"]),
-            f"{r['outbox']:,}" if r["outbox"] else "") for r in rows], caption=caption)
+               "up to date: nothing waits for the state" if lag is None else f"lag {lag:.1f} s (the oldest change "
+               "not yet answered by the state)")
+    table(f"Live sync, {today} (UTC)", ["Object", "Sent", "Errors", "Healed", "Last change", "Outbox", "Lag"],
+          [(r["object"], f"{r['sent']:,}", r["errors"], r["healed"] or "", when(r["last_change"]), r["outbox"] or "",
+            "" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f} s") for r in rows], caption=caption)
 
 
 def _waiting(outbox: Outbox) -> dict[str, tuple[int, float | None]]:
