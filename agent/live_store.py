@@ -15,8 +15,10 @@ from sqlalchemy import Connection, Engine, func, select, text, update
 
 from agent.tables import agent_log, live_day, live_in_flight
 from core.db import insert_many, one_of
+from messages.catalog import Catalog
 from messages.envelope import Event, now_ts
 from messages.errors import Code
+from publisher.changes import Outbox
 
 HEALED = "healed"
 
@@ -151,3 +153,11 @@ def summary(engine: Engine, day: str) -> dict[str, Any]:
             select(f.c.object, func.count().label("n"), func.min(f.c.captured).label("oldest"))
             .where(f.c.heal_of.is_(None)).group_by(f.c.object))}
     return {"counts": counts, "in_flight": flight}
+
+
+def caught_up(engine: Engine, catalog: Catalog) -> bool:
+    """Every captured change sent and answered, and every heal done."""
+    if Outbox(engine, catalog).depth()[0]:
+        return False
+    with engine.connect() as conn:
+        return conn.execute(select(live_in_flight.c.msg_id).limit(1)).first() is None

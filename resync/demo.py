@@ -16,9 +16,8 @@ from core.brokers import broker_for
 from core.db import engine
 from core.settings import Settings
 from messages.catalog import Catalog
-from messages.envelope import new_id, now_ts
+from messages.envelope import new_id
 from publisher.capture import Capture
-from publisher.changes import Outbox
 from publisher.schema import DistrictSchema
 from publisher.seed import seed
 from resync.local import local_site
@@ -79,8 +78,7 @@ def live_changes(settings: Settings, catalog: Catalog, district: Engine, alive: 
     state_db = engine(settings.state_db_url)
     deadline = time.monotonic() + 60
     with console.status("waiting for the state's answers ..."):
-        while (alive() and time.monotonic() < deadline and live_store.summary(district, now_ts()[:10])["in_flight"]) \
-                or Outbox(district, catalog).depth()[0]:
+        while alive() and time.monotonic() < deadline and not live_store.caught_up(district, catalog):
             time.sleep(0.1)
     held = state_refs(state_db, state, {"School": [first.ref_id, added], leaf: [gone]})
     rows = [("change", "School", first.ref_id, held.get(("School", first.ref_id), "missing")),

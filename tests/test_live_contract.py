@@ -15,9 +15,7 @@ from agent import live_store, selection
 from agent.tables import agent_log, live_day
 from core.brokers.memory import MemoryBroker
 from core.settings import Settings
-from messages.envelope import now_ts
 from publisher.capture import Capture
-from publisher.changes import Outbox
 from publisher.seed import seed
 from resync.local import local_site
 from tests.site import CATALOG, DISTRICT, STATE, YEAR, orphans, state_refs
@@ -46,10 +44,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
 
 def settled(w: World) -> None:
     """Until every captured change is sent and answered (and every heal done)."""
-    def done() -> bool:
-        return Outbox(w.district, CATALOG).depth()[0] == 0 and not live_store.summary(
-            w.district, now_ts()[:10])["in_flight"] and not live_store.wanted(w.district)
-    w.until("live sync to catch up", done)
+    w.until("live sync to catch up", lambda: live_store.caught_up(w.district, CATALOG))
 
 
 def day(w: World) -> dict[str, int]:

@@ -16,8 +16,6 @@ from sqlalchemy import func, select
 from agent import live_store
 from agent.store import AgentStore
 from agent.tables import agent_log, live_day
-from messages.envelope import now_ts
-from publisher.changes import Outbox
 from tests.conftest import rabbitmqctl
 from tests.site import CATALOG, STATE, YEAR, Site, orphans
 from tests.writers import Writers
@@ -34,9 +32,7 @@ def kill_and_restart(site: Site, role: str) -> None:
 
 
 def caught_up(site: Site) -> bool:
-    return (Outbox(site.district, CATALOG).depth()[0] == 0
-            and not live_store.summary(site.district, now_ts()[:10])["in_flight"]
-            and not live_store.wanted(site.district))
+    return live_store.caught_up(site.district, CATALOG)
 
 
 def test_live_changes_survive_kills_dropped_connections_a_stopped_receiver_and_a_resync(
