@@ -3,8 +3,9 @@ same story as ``test_convergence.py`` with the SQL of the sweep, the manifest an
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ class World:
                 for r in run["result"]}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+@contextlib.contextmanager
+def running_world(request: pytest.FixtureRequest, tmp_path: Path, *, students: int,
+                  before: Callable[[World], None] = lambda _: None) -> Iterator[World]:
+    """A seeded district and a state on ``request.param``'s database, with both daemons running in this process."""
     if request.param == "sqlite":
         urls = (f"sqlite:///{tmp_path / 'district.db'}", f"sqlite:///{tmp_path / 'state.db'}")
     else:
@@ -86,11 +89,18 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     settings = Settings(home=tmp_path, district_db=urls[0], state_db=urls[1], school_year=YEAR,
                         district_users={"*": "guest"})
     w = World(settings)
-    seed(w.district, CATALOG, students=60, years=[YEAR])
+    seed(w.district, CATALOG, students=students, years=[YEAR])
+    before(w)
     with local_site(settings, CATALOG, MemoryBroker()):
         yield w
     w.district.dispose()
     w.state.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    with running_world(request, tmp_path, students=60) as w:
+        yield w
 
 
 def change(eng: Engine, name: str, refs: set[str], column: str, value: str) -> None:

@@ -13,33 +13,18 @@ from sqlalchemy import func, select, text, update
 
 from agent import live_store, selection
 from agent.tables import agent_log, live_day
-from core.brokers.memory import MemoryBroker
-from core.settings import Settings
 from publisher.capture import Capture
-from publisher.seed import seed
-from resync.local import local_site
 from tests.site import CATALOG, DISTRICT, STATE, YEAR, orphans, state_refs
-from tests.test_convergence_contract import World
+from tests.test_convergence_contract import World, running_world
 from tests.writers import CALENDAR, SCHOOL, Writers, new_ref
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "sqlite":
-        urls = (f"sqlite:///{tmp_path / 'district.db'}", f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        make = request.getfixturevalue("postgres_db")
-        urls = (make(), make())
-    settings = Settings(home=tmp_path, district_db=urls[0], state_db=urls[1], school_year=YEAR,
-                        district_users={"*": "guest"})
-    w = World(settings)
-    seed(w.district, CATALOG, students=40, years=[YEAR])
-    Capture(w.district, CATALOG).install()
-    with local_site(settings, CATALOG, MemoryBroker()):
+    with running_world(request, tmp_path, students=40,
+                       before=lambda w: Capture(w.district, CATALOG).install()) as w:
         w.resync()
         yield w
-    w.district.dispose()
-    w.state.dispose()
 
 
 def settled(w: World) -> None:
