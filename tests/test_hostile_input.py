@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from core.db import engine
 from messages import catalog as catalog_mod
 from messages.codec import decode_acks, decode_manifest_part
+from messages.envelope import new_id
 from messages.errors import Code
 from state_receiver.schema import StateSchema
 from tests.conftest import new_databases, new_vhost
@@ -201,21 +202,29 @@ def test_hostile_message_is_answered_or_dead_lettered_and_changes_nothing(
     assert wire.depth("acks.district-2") == other_before
 
 
-def test_a_duplicate_msg_id_with_other_content_is_refused(env: tuple[Wire, Any, Callable[[], None]]) -> None:
+def test_a_msg_id_reused_for_another_record_is_refused_and_new_content_of_the_same_record_applied(
+        env: tuple[Wire, Any, Callable[[], None]]) -> None:
     wire, state, still_consuming = env
     first = event(data={"name": "first"})
     wire.send(orjson.dumps(first))
     assert wire.ack_for(first["msg_id"]).status == "ok"
     wire.acks.pop(first["msg_id"])
-    wire.send(orjson.dumps({**first, "data": {"name": "changed"}}))
+    other = {**first, "ref_id": new_id(), "data": {"name": "another record"}}
+    wire.send(orjson.dumps(other))
     ack = wire.ack_for(first["msg_id"])
+    assert ack.error is not None, ack
     assert (ack.status, ack.error.category, ack.error.code) == ("error", 9, Code.DUPLICATE_CONFLICT)
+    wire.acks.pop(first["msg_id"])
+    # the same record read again after a crash, with newer content: applied by its version
+    wire.send(orjson.dumps({**first, "data": {"name": "changed"}}))
+    assert wire.ack_for(first["msg_id"]).status == "ok"
     still_consuming()
     schema = StateSchema(CATALOG)
+    t = schema.tables["District"]
     with state.connect() as conn:
-        name = conn.execute(select(schema.tables["District"].c.name)
-                            .where(schema.tables["District"].c.ref_id == first["ref_id"])).scalar_one()
-    assert name == "first"
+        name = conn.execute(select(t.c.name).where(t.c.ref_id == first["ref_id"])).scalar_one()
+        assert conn.execute(select(t.c.ref_id).where(t.c.ref_id == other["ref_id"])).first() is None
+    assert name == "changed"
 
 
 def test_dead_letters_are_listed_with_their_reason_and_can_be_requeued(
