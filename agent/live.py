@@ -1,10 +1,11 @@
 """Live sync: the agent's third thread publishes every change the district commits, as it happens.
 
 It wakes on the outbox's notification (PostgreSQL ``LISTEN``; on SQLite, or if a notification is missed, it
-polls), takes the captured rows of finished transactions, publishes each changed record as it is now with the
-per-record message contract (parents first, deletes last and children first), waits for the broker's confirms,
-and only then removes the rows from the outbox. While the broker or the state is down the changes wait in the
-outbox, and flow when it is back; a crash anywhere before the removal sends them again under the same ids.
+polls), reads every captured row it can see with the records in one snapshot, publishes each changed record as
+it is now with the per-record message contract (parents first, deletes last and children first), waits for
+the broker's confirms, and only then removes the rows from the outbox. While the broker or the state is down the
+changes wait in the outbox, and flow when it is back; a crash anywhere before the removal sends them again under
+the same ids.
 
 A change the state answers 9.1 (a parent it does not hold) is healed once: the agent sends the record's parent
 chain as the district has it, then the record again, and the agent log says it was healed, or why not.
@@ -125,14 +126,9 @@ class LiveSync:
                              c.action, c.ref_id, c.row, c.year, c.version)
             if pub.send(e):
                 events.append((e, None))
-        self._confirm(pub)
+        pub.conn.flush()  # every message published so far, confirmed
         log.debug("changes sent", records=len(events))
         return events
-
-    @staticmethod
-    def _confirm(pub: ObjectPublisher) -> None:
-        pub.conn.flush()
-        pub.conn.confirm(pub.conn.published)
 
     # healing ----------------------------------------------------------------------------------
 
@@ -164,7 +160,7 @@ class LiveSync:
                                  now_ts(), None, pub.seq, name, Action.CHANGE, row.ref_id, row, None, version)
                 if pub.send(e):
                     sending.append((e, original.msg_id))
-            self._confirm(pub)
+            pub.conn.flush()  # every message published so far, confirmed
             with self.engine.begin() as db:
                 live_store.healing(db, original.msg_id)
                 live_store.sent(db, sending)

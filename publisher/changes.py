@@ -1,5 +1,5 @@
-"""Reading captured changes: the outbox's rows of finished transactions, and each changed record's current
-content, in one snapshot.
+"""Reading captured changes: the outbox's rows visible now, and each changed record's current content, in one
+snapshot.
 
 A change message carries the record as it is when read, not as the change left it, so several changes of one
 record read together become one message, and the version is the largest of their outbox ids. The agent keeps,

@@ -347,7 +347,7 @@ def _delete(conn: Connection, schema: StateSchema, district: str, items: list[tu
     return out
 
 
-_CHILD_CHECKS: dict[tuple[int, str], str] = {}
+_CHILD_CHECKS: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def _children(conn: Connection, schema: StateSchema, name: str, district: str, refs: set[str]) -> Any:
@@ -362,7 +362,7 @@ def _children(conn: Connection, schema: StateSchema, name: str, district: str, r
             checks.append(select(literal(child, String).label("child"), column.label("ref"))
                           .where(ct.c.district_id == district, column.in_(refs)))
         return conn.execute(union_all(*checks))
-    key = (id(schema), name)
+    key = (name, tuple(schema.catalog.referrers(name)))  # the SQL depends on nothing else
     sql = _CHILD_CHECKS.get(key)
     if sql is None:
         quote = conn.dialect.identifier_preparer.quote
