@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -46,6 +47,16 @@ HEAL_EVERY = 1.0
 """Seconds between looks for changes to heal."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """A chunk published and not yet known to be confirmed: confirmed once the broker confirms ``mark``."""
+
+    mark: int
+    changes: list[Change]
+    events: list[tuple[Event, str | None]]
+    ids: set[int]
+
+
 class LiveSync:
     def __init__(self, settings: Settings, broker: Broker, engine: Engine, catalog: Catalog,
                  refused: Callable[[Event, int], None], watch: Callable[[str | None], None],
@@ -72,16 +83,17 @@ class LiveSync:
             conn.watch = self.watch
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.settings.district,
                                   max_body=self.settings.max_body, refused=self.refused)
-            # Three steps overlap: while one chunk is published, the next is read (leaving out the rows of the
-            # chunks not yet removed), and the books of the one before are written.
+            # Four steps overlap: while one chunk is published, the confirms of the one before come in (then its
+            # books are written), and the next is read, leaving out the rows of every chunk not yet removed.
             behind: deque[tuple[Future[None], set[int]]] = deque()
             ahead: Future[list[Change]] | None = None
+            unconfirmed: _Published | None = None
             while not stop.is_set():
                 try:
                     while behind and (behind[0][0].done() or len(behind) > 2):
                         behind.popleft()[0].result()
                     busy = self._heal(pub)
-                    taken = set().union(*(ids for _, ids in behind))
+                    taken = set().union(*(ids for _, ids in behind), unconfirmed.ids if unconfirmed else ())
                     changes = ahead.result() if ahead is not None else self.outbox.take(CHUNK, besides=taken)
                     ahead = None
                     if changes:
@@ -89,14 +101,19 @@ class LiveSync:
                         if len(ids) >= CHUNK:  # a backlog: read on; otherwise wait to be told of more
                             ahead = reader.submit(self.outbox.take, CHUNK, besides=taken | ids)
                         events = self._send(pub, changes)
-                        behind.append((books.submit(self._books, changes, events), ids))
+                        if unconfirmed is not None:
+                            behind.append(self._book_when_confirmed(pub, unconfirmed, books))
+                        unconfirmed = _Published(pub.conn.published, changes, events, ids)
+                    if ahead is None and unconfirmed is not None:  # nothing more to publish meanwhile
+                        behind.append(self._book_when_confirmed(pub, unconfirmed, books))
+                        unconfirmed = None
                 except Exception as e:
                     # a bug or data it cannot send: the changes stay in the outbox, and it tries again
                     permanent(e)
                     log.exception("live sync failed; trying again in 5 seconds")
                     self.failed(clean(f"live sync failed: {type(e).__name__}: {e}", 1000))
                     behind.clear()
-                    ahead = None
+                    ahead = unconfirmed = None
                     stop.wait(5.0)
                     continue
                 if ahead is None and not busy:
@@ -108,6 +125,13 @@ class LiveSync:
             for future, _ in behind:
                 future.result()
 
+    def _book_when_confirmed(self, pub: ObjectPublisher, chunk: _Published,
+                   books: ThreadPoolExecutor) -> tuple[Future[None], set[int]]:
+        """Wait for the broker's confirms of ``chunk`` (by now mostly in), then write its books."""
+        pub.conn.confirm(chunk.mark)
+        log.debug("changes sent", records=len(chunk.events))
+        return books.submit(self._books, chunk.changes, chunk.events), chunk.ids
+
     def _books(self, changes: list[Change], events: list[tuple[Event, str | None]]) -> None:
         """Once the broker holds the messages: the outbox rows go, and the messages are in flight."""
         with self.engine.begin() as db:
@@ -115,7 +139,7 @@ class LiveSync:
             live_store.sent(db, events)
 
     def _send(self, pub: ObjectPublisher, changes: list[Change]) -> list[tuple[Event, str | None]]:
-        """Publish the changes and wait for the broker's confirms."""
+        """Publish the changes; their confirms are awaited by ``_confirmed``."""
         events: list[tuple[Event, str | None]] = []
         for c in changes:
             if c.object not in self.catalog:
@@ -126,8 +150,6 @@ class LiveSync:
                              c.action, c.ref_id, c.row, c.year, c.version)
             if pub.send(e):
                 events.append((e, None))
-        pub.conn.flush()  # every message published so far, confirmed
-        log.debug("changes sent", records=len(events))
         return events
 
     # healing ----------------------------------------------------------------------------------

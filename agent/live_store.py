@@ -157,7 +157,7 @@ def summary(engine: Engine, day: str) -> dict[str, Any]:
 
 def caught_up(engine: Engine, catalog: Catalog) -> bool:
     """Every captured change sent and answered, and every heal done."""
-    if Outbox(engine, catalog).depth()[0]:
+    if not Outbox(engine, catalog).empty():
         return False
     with engine.connect() as conn:
         return conn.execute(select(live_in_flight.c.msg_id).limit(1)).first() is None

@@ -129,6 +129,13 @@ class Outbox:
         deletes.sort(key=lambda c: -position[c.object])
         return changes + deletes + unknown
 
+    def empty(self) -> bool:
+        """No change waits to be taken: one index probe, where ``depth`` counts every row."""
+        if not self.installed():
+            return True
+        with self.engine.connect() as conn:
+            return conn.execute(text(f"SELECT 1 FROM {OUTBOX} LIMIT 1")).first() is None
+
     def depth(self) -> tuple[int, float | None]:
         """Changes captured and not yet taken, and when the oldest was captured (epoch seconds)."""
         if not self.installed():
