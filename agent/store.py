@@ -207,7 +207,9 @@ class AgentStore:
         return batches
 
     def log(self, *, batch_id: str | None = None, obj: str | None = None, errors_only: bool = False,
-            year: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+            year: int | None = None, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``before``: only rows older than this id (keyset paging: each page costs the same,
+        however deep)."""
         query = (select(agent_log).order_by(agent_log.c.id.desc()).limit(limit)
                  .where(agent_log.c.batch_id.not_in(self._state_batches())))
         if year:
@@ -218,6 +220,8 @@ class AgentStore:
             query = query.where(agent_log.c.object == obj)
         if errors_only:
             query = query.where(agent_log.c.status == "error")
+        if before is not None:
+            query = query.where(agent_log.c.id < before)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -297,7 +301,9 @@ class AgentStore:
                  .where(batch.c.status.in_(ACTIVE)).group_by(batch.c.batch_id, batch.c.status, batch.c.started_at))
         with self.engine.connect() as conn:
             return [{"batch_id": r.batch_id, "status": r.status, "started_at": r.started_at, "sent": int(r.sent or 0),
-                     "processed": int(r.processed or 0), "awaiting_ack": int((r.sent or 0) - (r.processed or 0))}
+                     "processed": int(r.processed or 0),
+                     # ``sent`` is written at checkpoints, answers as they come: never below nothing
+                     "awaiting_ack": max(0, int((r.sent or 0) - (r.processed or 0)))}
                     for r in conn.execute(query)]
 
     def unanswered(self, older_than: float = 30.0) -> int:

@@ -4,7 +4,7 @@ error log, process alerts, and the verification runs with the state's manifest p
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -53,6 +53,7 @@ batch_selection = Table(
     Column("ref_id", String(32), primary_key=True),
 )
 
+_ERRORS = text("status = 'error'")
 agent_log = Table(
     "agent_log", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -66,6 +67,11 @@ agent_log = Table(
     Column("description", Text),
     Column("logged_at", String(32), nullable=False),
     Index("ix_agent_log_batch", "batch_id", "object"),
+    # the console pages the log newest first by id, filtered by batch, by object or to errors: each filter has
+    # an index in id order, so a page costs the same at any depth (appends at the end of each range: cheap)
+    Index("ix_agent_log_batch_id", "batch_id", "id"),
+    Index("ix_agent_log_object_id", "object", "id"),
+    Index("ix_agent_log_errors", "id", postgresql_where=_ERRORS, sqlite_where=_ERRORS),
 )
 
 error_log = Table(

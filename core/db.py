@@ -119,7 +119,7 @@ def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:
 
 
 def create_all(metadata: MetaData, eng: Engine) -> None:
-    """Create missing tables, and add missing nullable columns to tables an older version created.
+    """Create missing tables, and add missing nullable columns and indexes to tables an older version created.
     Daemons and commands may start together, so on PostgreSQL this runs under an advisory lock: two
     concurrent CREATE TABLEs of one name would make one of them fail."""
     with eng.begin() as conn:
@@ -134,6 +134,12 @@ def create_all(metadata: MetaData, eng: Engine) -> None:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(dialect=eng.dialect)
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+        indexes = inspect(conn).get_multi_indexes(filter_names=list(metadata.tables))
+        for table in metadata.sorted_tables:
+            named = {i["name"] for i in indexes.get((None, table.name), [])}
+            for index in table.indexes:
+                if index.name not in named:  # an index a later version added to an existing table
+                    index.create(conn, checkfirst=True)
 
 
 class Listener:

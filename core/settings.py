@@ -81,6 +81,10 @@ class Settings:
     today: dt.date | None = None
     broker_tls: Mapping[str, str] = field(default_factory=dict)
     heartbeat: int = 30
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    web_secret: str | None = None
+    """Signs the console's session cookies; without it each start signs with a new key (sessions end)."""
     """Seconds between AMQP heartbeats (0: off): a connection silent for two of them is dropped and made again."""
     """``ca_certs``, ``certfile``, ``keyfile`` for ``amqps://`` (RESYNC_BROKER_CA_FILE, _CERT_FILE, _KEY_FILE)."""
 
@@ -97,7 +101,8 @@ class Settings:
         values: dict[str, Any] = {}
         if get("HOME"):
             values["home"] = Path(get("HOME"))
-        for key in ("broker_url", "management_url", "district_db", "state_db", "district", "state_user"):
+        for key in ("broker_url", "management_url", "district_db", "state_db", "district", "state_user", "web_host",
+                    "web_secret"):
             if get(key.upper()):
                 values[key] = get(key.upper())
         if get("DISTRICTS"):
@@ -106,7 +111,7 @@ class Settings:
             values["district_users"] = _pairs(get("DISTRICT_USERS"))
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
-        for key in ("school_year", "max_body", "max_in_flight", "heartbeat"):
+        for key in ("school_year", "max_body", "max_in_flight", "heartbeat", "web_port"):
             raw = get(key.upper())
             if raw:
                 try:
@@ -145,6 +150,8 @@ class Settings:
         if not (settings.heartbeat == 0 or 2 <= settings.heartbeat <= 3600):
             raise ConfigError(f"RESYNC_HEARTBEAT={settings.heartbeat} is out of range: use 2 to 3600 seconds, or 0 "
                               "to turn heartbeats off")
+        if not 1 <= settings.web_port <= 65535:
+            raise ConfigError(f"RESYNC_WEB_PORT={settings.web_port} is out of range: use 1 to 65535")
         if settings.broker_url and not settings.broker_url.startswith("memory://"):
             _check_broker_url(settings.broker_url)
         check_district(settings.district)

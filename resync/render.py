@@ -13,7 +13,9 @@ from rich.table import Table
 from messages.status import LEGEND
 
 console = Console(width=None if sys.stdout.isatty() else 140)
-DOTS = {"green": "[green]●[/]", "yellow": "[yellow]●[/]", "red": "[red]●[/]", "gray": "[bright_black]●[/]"}
+_COLOURS = {"green": "green", "yellow": "yellow", "red": "red", "gray": "bright_black"}
+# on a terminal the colour tells; piped or redirected, every dot looks the same, so it says its colour too
+DOTS = {k: f"[{v}]●[/]" + ("" if console.is_terminal else f" {k}") for k, v in _COLOURS.items()}
 
 
 def emit_json(value: Any) -> None:

@@ -29,6 +29,11 @@ def send_request(broker: Broker, engine: Engine, schema: StateSchema, district: 
         conn.execute(table.insert().values(
             request_id=request.request_id, district_id=district, objects=json.dumps(names), year=year,
             requested_by=requested_by, requested_at=request.ts, status="requested"))
+        if kind is Kind.RESYNC_REQUEST:  # as the vendor's page says: the state's users see the alert too
+            conn.execute(schema.alerts.insert().values(
+                process="Vertical Interoperability", name="State Resync Requested", posted=request.ts, read=False,
+                detail=f"request {request.request_id} to {district}: {year} school year, "
+                       + ("every object" if names is None else ", ".join(names)) + f"; by {requested_by}"))
     with broker.connect() as conn:
         conn.publish(Topology.control(district), encode_request(request), kind=kind, message_id=request.msg_id)
         conn.flush()

@@ -250,3 +250,16 @@ def test_status_table(demo_home: tuple[Path, subprocess.CompletedProcess[str]]) 
     text = " ".join(ok(home, "status", "--year", YEAR).split())  # the legend may wrap between words
     assert "Processed:" in text
     assert "still processing" in text
+    # piped, every dot looks the same: each says its colour, as the JSON does
+    rows = {r["object"]: r["status"] for r in ok_json(home, "status", "--json", "--year", YEAR)}
+    for line in ok(home, "status", "--year", YEAR).splitlines():
+        for name, colour in rows.items():
+            if f" {name} " in line and "Processed:" in line:
+                assert f"● {colour}" in line, line
+
+
+def test_partial_resync_without_check_dependencies_says_what_it_risks(tmp_path: Path) -> None:
+    ok(tmp_path, "seed", "--students", "5", "--year", YEAR)
+    out = " ".join(ok(tmp_path, "send", "Roster", "--year", YEAR).split())
+    assert "without --check-dependencies sends no parent" in out and "strongly recommended" in out
+    assert "Warning" not in ok(tmp_path, "send", "Roster", "--check-dependencies", "--year", YEAR)

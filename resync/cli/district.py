@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from agent import selection
 from agent.status import pick_objects, plan_batch, reminders, status_rows
@@ -75,6 +76,10 @@ def send(c: Ctx, names: tuple[str, ...], send_all: bool, check_dependencies: boo
               ["#", "Object", "Records"], [(i + 1, p.name, f"{p.expected:,}") for i, p in enumerate(plan)],
               caption=f"{sum(p.expected for p in plan):,} records{delta}")
         return
+    if not send_all and not check_dependencies and not as_json:
+        console.print("[yellow]Warning:[/] a partial resync without --check-dependencies sends no parent: records "
+                      "whose parents the state lacks are refused (9.1); --check-dependencies is strongly "
+                      "recommended")
     batch_id = store.queue_batch(plan, kind="full" if send_all else "partial", year=y,
                                  check_dependencies=check_dependencies, max_rate=max_rate, delta=only_changed)
     if as_json and not wait:
@@ -142,11 +147,19 @@ def district_warnings(c: Ctx, store: AgentStore, strict: bool = False) -> list[s
     return ([blocked] if blocked else []) + liveness.check(c.settings, store.unanswered(), strict)
 
 
+class RateColumn(ProgressColumn):
+    """Records answered per second, over rich's recent samples."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} rec/s" if task.speed else "", style="progress.data.speed")
+
+
 def watch(store: AgentStore, batch_id: str, alive: Callable[[], bool] = lambda: True,
           daemons: Callable[[], list[str]] = list) -> None:
     """Progress per object until the batch ends; says so at once when a daemon it needs is not running."""
     with Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[errors]} errors"), console=console) as progress:
+                  TextColumn("{task.fields[errors]} errors"), RateColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
         tasks: dict[str, Any] = {}
         last_change, last_seen, warned = time.monotonic(), (-1, -1), False
         said: set[str] = set()

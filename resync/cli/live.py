@@ -73,13 +73,28 @@ def live(c: Ctx, state_side: bool, as_json: bool) -> None:
     if state_side:
         return _state_live(c, as_json)
     store = c.store()
+    report = district_live(store.engine, c.catalog)
+    today, rows, outbox_installed = report["day"], report["objects"], report["captured"]
+    if as_json:
+        return emit_json(report)
+    lag = max((r["lag_seconds"] for r in rows if r["lag_seconds"] is not None), default=None)
+    caption = ("change capture is not installed: run `resync capture install`" if not outbox_installed else
+               "up to date: nothing waits for the state" if lag is None else f"lag {lag:.1f} s (the oldest change "
+               "not yet answered by the state)")
+    table(f"Live sync, {today} (UTC)", ["Object", "Sent", "Errors", "Healed", "Last change", "Outbox", "Lag"],
+          [(r["object"], f"{r['sent']:,}", r["errors"], r["healed"] or "", when(r["last_change"]), r["outbox"] or "",
+            "" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f} s") for r in rows], caption=caption)
+
+
+def district_live(engine: Any, catalog: Any) -> dict[str, Any]:
+    """Live sync today, per object (what `resync live --json` prints and the console shows)."""
     today = datetime.now(UTC).date().isoformat()
-    outbox = Outbox(store.engine, c.catalog)
-    summary = live_store.summary(store.engine, today)
+    outbox = Outbox(engine, catalog)
+    summary = live_store.summary(engine, today)
     waiting = _waiting(outbox)
     now = time.time()
     rows = []
-    for name in c.catalog.names():
+    for name in catalog.names():
         counts, (flying, oldest_sent) = summary["counts"].get(name, {}), summary["in_flight"].get(name, (0, None))
         depth, oldest_waiting = waiting.get(name, (0, None))
         oldest = min([t for t in (_epoch(oldest_sent), oldest_waiting) if t is not None], default=None)
@@ -89,15 +104,19 @@ def live(c: Ctx, state_side: bool, as_json: bool) -> None:
                      "errors": counts.get("errors", 0), "healed": counts.get("healed", 0),
                      "last_change": counts.get("last_change"), "outbox": depth, "in_flight": flying,
                      "lag_seconds": None if oldest is None else round(max(0.0, now - oldest), 3)})
-    if as_json:
-        return emit_json({"captured": outbox.installed(), "day": today, "objects": rows})
-    lag = max((r["lag_seconds"] for r in rows if r["lag_seconds"] is not None), default=None)
-    caption = ("change capture is not installed: run `resync capture install`" if not outbox.installed() else
-               "up to date: nothing waits for the state" if lag is None else f"lag {lag:.1f} s (the oldest change "
-               "not yet answered by the state)")
-    table(f"Live sync, {today} (UTC)", ["Object", "Sent", "Errors", "Healed", "Last change", "Outbox", "Lag"],
-          [(r["object"], f"{r['sent']:,}", r["errors"], r["healed"] or "", when(r["last_change"]), r["outbox"] or "",
-            "" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f} s") for r in rows], caption=caption)
+    return {"captured": outbox.installed(), "day": today, "objects": rows}
+
+
+def state_live(engine: Any, catalog: Any) -> list[dict[str, Any]]:
+    """Per district: live changes applied today, errors, the last change and its lag, as the state sees them."""
+    t = StateSchema(catalog).live
+    with engine.connect() as conn:
+        rows: list[dict[str, Any]] = [dict(r._mapping) for r in conn.execute(select(t).order_by(t.c.district_id))]
+    today = datetime.now(UTC).date().isoformat()
+    for r in rows:
+        if r["day"] != today:
+            r["changes"] = r["errors"] = 0
+    return rows
 
 
 def _waiting(outbox: Outbox) -> dict[str, tuple[int, float | None]]:
@@ -107,14 +126,7 @@ def _waiting(outbox: Outbox) -> dict[str, tuple[int, float | None]]:
 
 
 def _state_live(c: Ctx, as_json: bool) -> None:
-    eng = c.state_engine()
-    t = StateSchema(c.catalog).live
-    with eng.connect() as conn:
-        rows: list[dict[str, Any]] = [dict(r._mapping) for r in conn.execute(select(t).order_by(t.c.district_id))]
-    today = datetime.now(UTC).date().isoformat()
-    for r in rows:
-        if r["day"] != today:
-            r["changes"] = r["errors"] = 0
+    rows = state_live(c.state_engine(), c.catalog)
     if as_json:
         return emit_json(rows)
     table("Live sync at the state", ["District", "Changes today", "Errors today", "Last change applied", "Lag"],

@@ -1,0 +1,116 @@
+"""Console users and their tool rights, kept in the side's own database (district or state).
+
+Passwords are stored as scrypt hashes (memory-hard, from the standard library) with their parameters, so a
+stronger setting later still verifies the old ones. Roles are ranked: each includes the rights of those below.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from enum import IntEnum
+
+from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select
+
+from core.db import create_all
+from messages.envelope import now_ts
+from messages.errors import FatalError
+
+metadata = MetaData()
+console_user = Table(
+    "console_user", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password", String(255), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+_N, _R, _P = 2**14, 8, 1  # 16 MiB of memory per guess
+_DUMMY = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 88  # verified against when the user is unknown
+
+
+class Role(IntEnum):
+    """What a user may do; each role includes the ones below it."""
+
+    VIEW = 1  # read every page
+    RUN = 2  # send, cancel, verify, request
+    DELETE = 3  # delete alerts, requeue dead letters
+    ADMIN = 4  # manage users
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            raise FatalError(f"role {value!r} is not one of view, run, delete, admin") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    created_at: str
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=64 * 1024 * 1024, dklen=64)
+    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=64 * 1024 * 1024, dklen=len(expected) or 64)
+    except (ValueError, TypeError):
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(got, expected)
+
+
+class UserStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self) -> None:
+        create_all(metadata, self.engine)
+
+    def add(self, name: str, role: Role, password: str) -> None:
+        if not name.strip() or len(name) > 64:
+            raise FatalError("a user name is 1 to 64 characters")
+        if len(password) < 8:
+            raise FatalError("a password needs at least 8 characters")
+        with self.engine.begin() as conn:
+            if conn.execute(select(console_user.c.name).where(console_user.c.name == name)).first():
+                raise FatalError(f"user {name!r} exists; remove it first (`resync users remove {name}`)")
+            conn.execute(insert(console_user).values(name=name, role=role.label, password=hash_password(password),
+                                                     created_at=now_ts()))
+
+    def remove(self, name: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(console_user).where(console_user.c.name == name)).rowcount > 0
+
+    def list(self) -> list[User]:
+        with self.engine.connect() as conn:
+            return [User(r.name, Role.parse(r.role), r.created_at)
+                    for r in conn.execute(select(console_user).order_by(console_user.c.name))]
+
+    def get(self, name: str) -> User | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
+        return None if r is None else User(r.name, Role.parse(r.role), r.created_at)
+
+    def check(self, name: str, password: str) -> User | None:
+        """The user if the password is theirs; an unknown name costs the same time as a wrong password."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
+        ok = verify_password(password, r.password if r is not None else _DUMMY)
+        return User(r.name, Role.parse(r.role), r.created_at) if r is not None and ok else None
