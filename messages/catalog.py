@@ -9,7 +9,7 @@ import csv
 import difflib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
 
@@ -18,7 +18,8 @@ from messages.errors import CatalogError, UnknownObjectError
 # Objects whose own rows a state can exclude from syncing; their descendants are excluded with them.
 EXCLUDABLE = frozenset({"Calendar", "StructureGradeLevel", "Enrollment"})
 # Objects not used unless a state enables them.
-OPTIONAL = frozenset({"ReportingEntity"})
+REPORTING_ENTITY = "ReportingEntity"
+OPTIONAL = frozenset({REPORTING_ENTITY})
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class Catalog:
             names = [self._lookup(name, self._all).name for name in enabled]
         wanted = set(names)
         self.objects: dict[str, ObjectDef] = {o.name: o for o in objects if o.name in wanted}
+        self._under: dict[str, str] = {}  # the parent an object is drawn under, where it is not its own
+        if REPORTING_ENTITY in self.objects:
+            self._between_district_and_below()
         for obj in self.objects.values():
             missing = [p for p in obj.chain if p not in self.objects]
             if missing:
@@ -82,6 +86,18 @@ class Catalog:
                     "enable them too or disable it"
                 )
         self._order = _topological(list(self.objects.values()))
+
+    def _between_district_and_below(self) -> None:
+        """A state that uses ReportingEntity puts it between District and every object below District (the
+        vendor's hierarchy): it comes before them in every plan, Check Dependencies adds it, and the status
+        table draws them under it. Records still point at the parents they have (a School at its District)."""
+        for name, obj in list(self.objects.items()):
+            if name in (REPORTING_ENTITY, "District") or "District" not in obj.chain:
+                continue
+            at = obj.chain.index("District") + 1
+            self.objects[name] = replace(obj, chain=(*obj.chain[:at], REPORTING_ENTITY, *obj.chain[at:]))
+            if obj.immediate[:1] == ("District",):
+                self._under[name] = REPORTING_ENTITY
 
     # lookups --------------------------------------------------------------------------------
 
@@ -111,15 +127,18 @@ class Catalog:
 
     def children(self, name: str) -> list[str]:
         """Objects whose first immediate parent is ``name``: the tree the status table draws."""
-        return [o for o in self._order if self.objects[o].immediate[:1] == (name,)]
+        return [o for o in self._order if self._drawn_under(o) == name]
+
+    def _drawn_under(self, name: str) -> str | None:
+        return self._under.get(name) or next(iter(self.objects[name].immediate), None)
 
     def referrers(self, name: str) -> list[str]:
         """Enabled objects whose records point at a record of ``name`` (its children, in every sense)."""
         return [o for o in self._order if name in self.objects[o].references]
 
     def depth(self, name: str) -> int:
-        obj = self.get(name)
-        return 0 if not obj.immediate else 1 + self.depth(obj.immediate[0])
+        above = self._drawn_under(self.get(name).name)
+        return 0 if above is None else 1 + self.depth(above)
 
     # planning -------------------------------------------------------------------------------
 

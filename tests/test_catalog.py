@@ -163,6 +163,20 @@ def test_reporting_entity_can_be_enabled_explicitly() -> None:
     assert cat.names().index("District") < cat.names().index("ReportingEntity")
 
 
+def test_reporting_entity_sits_between_district_and_the_objects_under_it() -> None:
+    cat = catalog_mod.load([*NAMES, "ReportingEntity"])
+    tree = dict(cat.tree())
+    assert tree["District"] == 0 and tree["ReportingEntity"] == 1 and tree["School"] == 2 and tree["Calendar"] == 3
+    assert cat.children("District") == ["ReportingEntity"]
+    assert "School" in cat.children("ReportingEntity") and "CourseCode" not in cat.children("ReportingEntity")
+    assert cat.plan(["School"], check_dependencies=True) == ["District", "ReportingEntity", "School"]
+    for name in cat.names():  # every object below District comes after it
+        if "District" in cat.get(name).chain and name != "ReportingEntity":
+            assert cat.names().index("ReportingEntity") < cat.names().index(name), name
+    assert cat.get("School").references == ("District",)  # a School's record still points at its District
+    assert dict(CATALOG.tree())["School"] == 1  # without it, nothing moves
+
+
 def test_cycle_is_rejected() -> None:
     objects = parse([_row("A", "B", "B"), _row("B", "A", "A")])
     with pytest.raises(CatalogError, match="cycle"):

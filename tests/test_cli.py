@@ -16,15 +16,15 @@ YEAR = "2027"
 HANG_GUARD = 300  # seconds; only stops a hung command, never asserted on
 
 
-def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run(home: Path, *args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RESYNC_")}  # drops RESYNC_BROKER_URL too
     clean.update(RESYNC_HOME=str(home), **env)
     return subprocess.run([sys.executable, "-m", "resync", *args], env=clean, capture_output=True, text=True,
-                          timeout=HANG_GUARD)
+                          timeout=HANG_GUARD, input=input)
 
 
-def ok(home: Path, *args: str, **env: str) -> str:
-    out = run(home, *args, **env)
+def ok(home: Path, *args: str, input: str | None = None, **env: str) -> str:
+    out = run(home, *args, input=input, **env)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -131,6 +131,25 @@ def test_console_in_a_browser(site: Site, browser: Any) -> None:
     assert page.locator("table tbody tr").count() == 2
     shot(page, "batch-history")
 
+    # the Verification Summary, run from its page: nothing differs after the resyncs
+    page.goto(f"{base}/district/verify")
+    page.click("text=Run verification")
+    page.wait_for_url(f"{base}/district/verify?run=*")
+
+    def verified() -> bool:
+        if page.locator("#verify-status").inner_text() == "completed":
+            return True
+        page.reload()
+        return False
+    until("the verification to complete", verified)
+    assert "No differences" in page.content()
+    for path in ("/district/queue", "/district/live", "/district/errors", "/district/alerts"):
+        assert page.request.get(base + path).status == 200, path
+    # wrong input is said on a page, not a crash
+    assert page.request.get(f"{base}/district/log?object=NoSuchObject").status == 400
+    assert page.request.get(f"{base}/district/log?before=abc").status == 200
+    assert page.request.get(f"{base}/district/batches/NOPE").status == 404
+
     # a form posted without its CSRF token is refused
     assert page.request.post(f"{base}/district/resync", form={"object": "School"}).status == 403
 
@@ -140,6 +159,12 @@ def test_console_in_a_browser(site: Site, browser: Any) -> None:
     for path in ("/district", "/district/log", "/state", "/district/api/batches/x"):
         page.goto(base + path)
         assert page.url == f"{base}/login", path
+
+    # a wrong password is said, and nothing opens
+    page.fill("input[name=name]", "ada")
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    assert "wrong name or password" in page.content() and page.url == f"{base}/login"
 
     # a viewer may look but not send
     login(page, base, "vic", "district")
