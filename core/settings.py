@@ -85,6 +85,8 @@ class Settings:
     web_port: int = 8080
     web_secret: str | None = None
     """Signs the console's session cookies; without it each start signs with a new key (sessions end)."""
+    web_secure_cookies: bool = False
+    """Mark the session cookie Secure (sent over HTTPS only): on when the console is served behind TLS."""
     """Seconds between AMQP heartbeats (0: off): a connection silent for two of them is dropped and made again."""
     """``ca_certs``, ``certfile``, ``keyfile`` for ``amqps://`` (RESYNC_BROKER_CA_FILE, _CERT_FILE, _KEY_FILE)."""
 
@@ -128,6 +130,11 @@ class Settings:
                                                                 ("keyfile", "KEY")) if get(f"BROKER_{key}_FILE")}
         if tls:
             values["broker_tls"] = tls
+        if get("WEB_SECURE_COOKIES"):
+            flag = get("WEB_SECURE_COOKIES").lower()
+            if flag not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"RESYNC_WEB_SECURE_COOKIES={get('WEB_SECURE_COOKIES')!r}: use true or false")
+            values["web_secure_cookies"] = flag in ("true", "1", "yes")
         if get("SYNC_YEARS"):
             years = frozenset(y.lower() for y in items("SYNC_YEARS"))
             if not years <= {"previous", "next"}:

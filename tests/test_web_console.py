@@ -150,12 +150,25 @@ def test_console_in_a_browser(site: Site, browser: Any) -> None:
     assert page.request.get(f"{base}/district/log?before=abc").status == 200
     assert page.request.get(f"{base}/district/batches/NOPE").status == 404
 
+    assert page.request.get(f"{base}/district/log?before=%C2%B2").status == 200  # a digit int() refuses: ignored
+    assert page.request.get(f"{base}/district/batches/a%00b").status == 400  # PostgreSQL refuses a NUL
+    # the top checkbox ticks every box too: the server sends a full resync, not a refusal
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    full = page.request.post(f"{base}/district/resync", form={"csrf": token, "full": "1", "object": "Day",
+                                                              "year": "current", "check_dependencies": "1"})
+    assert full.ok and "/district/batches/" in full.url
+
     # a form posted without its CSRF token is refused
     assert page.request.post(f"{base}/district/resync", form={"object": "School"}).status == 403
 
-    # logout: nothing but the login page is reachable
+    # logout: nothing but the login page is reachable, even with a copy of the old cookie
+    kept = page.context.cookies()
     page.click("header .logout button")
     page.wait_for_url(f"{base}/login")
+    copy = browser.new_context()
+    copy.add_cookies(kept)
+    assert copy.request.get(f"{base}/district", max_redirects=0).status == 303
+    copy.close()
     for path in ("/district", "/district/log", "/state", "/district/api/batches/x"):
         page.goto(base + path)
         assert page.url == f"{base}/login", path

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from messages.errors import FatalError
-from resync.web.security import FREE_ATTEMPTS, MAX_DELAY, Throttle
+from resync.web.security import FREE_ATTEMPTS, Throttle, throttle_key
 from resync.web.users import Role, hash_password, verify_password
 from tests.test_cli import error_line, ok, ok_json, run
 
@@ -41,22 +41,53 @@ def test_roles_are_ranked_and_parsed() -> None:
 
 def test_failed_logins_are_slowed_down_then_forgiven() -> None:
     t = Throttle()
-    delays = []
-    for _ in range(FREE_ATTEMPTS + 8):
-        delays.append(t.delay("ada"))
-        t.failed("ada")
-    assert delays[:FREE_ATTEMPTS + 1] == [0.0] * FREE_ATTEMPTS + [0.5]
-    assert delays[FREE_ATTEMPTS + 1] == 1.0 and delays[-1] == MAX_DELAY
-    assert t.delay("bob") == 0.0  # one name's failures do not slow another's
-    t.succeeded("ada")
-    assert t.delay("ada") == 0.0
+    keys = {"name:ada": FREE_ATTEMPTS}
+    for _ in range(FREE_ATTEMPTS):  # the free attempts
+        assert t.admit(keys) == 0.0
+        t.settle(keys, False, "name:ada")
+    first = t.admit(keys)
+    assert 0 < first <= 0.5  # then each attempt must wait
+    t.counts["name:ada"].locked_until = 0  # as if the wait had passed
+    assert t.admit(keys) == 0.0
+    t.settle(keys, False, "name:ada")
+    assert first < t.admit(keys) <= 1.0  # longer after each failure
+    assert t.admit({"name:bob": FREE_ATTEMPTS}) == 0.0  # one name's failures do not slow another's
+    t.counts["name:ada"].locked_until = 0  # as if the wait had passed
+    assert t.admit(keys) == 0.0
+    t.settle(keys, True, "name:ada")
+    assert "name:ada" not in t.counts  # a success forgives the name
+
+
+def test_parallel_guesses_wait_their_turn() -> None:
+    """Counted before the password is checked: attempts fired together do not share one free slot."""
+    t = Throttle()
+    keys = {"name:ada": FREE_ATTEMPTS}
+    admitted = sum(t.admit(keys) == 0.0 for _ in range(30))
+    assert admitted == FREE_ATTEMPTS + 1
+
+
+def test_a_success_never_clears_a_clients_count() -> None:
+    t = Throttle()
+    client = {"client:1.2.3.4": 2}
+    for _ in range(3):
+        t.admit(client)
+        t.settle(client, False, "name:x")
+    t.counts["client:1.2.3.4"].locked_until = 0
+    t.admit({**client, "name:mine": FREE_ATTEMPTS})
+    t.settle({**client, "name:mine": FREE_ATTEMPTS}, True, "name:mine")
+    assert t.counts["client:1.2.3.4"].failures == 3 and t.admit(client) > 0
+
+
+def test_throttle_keys_have_a_fixed_size() -> None:
+    assert len(throttle_key("name:district", "x" * 1_000_000)) == len(throttle_key("name:district", "a"))
 
 
 def test_the_throttle_forgets_the_oldest_names_under_a_flood() -> None:
     t = Throttle()
     for i in range(10_001):
-        t.failed(f"name-{i}")
-    assert len(t.failures) <= 10_000 and "name-10000" in t.failures
+        t.admit({f"name-{i}": FREE_ATTEMPTS})
+        t.settle({f"name-{i}": FREE_ATTEMPTS}, False, f"name-{i}")
+    assert len(t.counts) <= 10_000 and "name-10000" in t.counts
 
 
 def test_users_commands(tmp_path: Path) -> None:

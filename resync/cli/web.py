@@ -36,7 +36,7 @@ def web(c: Ctx, host: str | None, port: int | None, side: str | None) -> None:
     from resync.web.users import UserStore
 
     sides = served_sides(c, side)
-    app = create_app(c.settings, c.catalog, sides, secret=c.settings.web_secret)
+    app = create_app(c.settings, c.catalog, sides)
     if not any(UserStore(app.state.console.engines[s]).list() for s in sides):
         console.print("[yellow]no console user yet:[/] add one with `resync users add NAME --role admin`"
                       + (" (--state for the state's)" if "state" in sides else ""))

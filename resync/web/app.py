@@ -66,11 +66,12 @@ async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_threadpool(fn, *args, **kwargs)
 
 
-def page(request: Request, template: str, who: User | None, side: str | None, **context: Any) -> Response:
+def page(request: Request, template: str, who: User | None, side: str | None, status_code: int = 200,
+         **context: Any) -> Response:
     c = console_of(request)
     return templates.TemplateResponse(request, template, {
         "user": who, "side": side, "sides": c.sides, "csrf": security.csrf_token(request), "Role": Role,
-        "district_id": c.settings.district, **context})
+        "district_id": c.settings.district, **context}, status_code=status_code)
 
 
 async def signed_in(request: Request, side: str, role: Role = Role.VIEW, what: str = "this page") -> User:
@@ -97,22 +98,30 @@ async def login(request: Request) -> Response:
     if side not in c.sides:
         raise HTTPException(400, f"sign in to one of: {', '.join(c.sides)}")
     client = request.client.host if request.client else "?"
-    keys = (f"name:{side}:{name}", f"client:{client}")
-    await c.throttle.wait(*keys)
-    who = await db(c.users[side].check, name, password)
+    name_key = security.throttle_key(f"name:{side}", name)
+    keys = {name_key: security.FREE_ATTEMPTS, security.throttle_key("client", client): security.FREE_PER_CLIENT}
+    wait = c.throttle.admit(keys)
+    if wait > 0:
+        return page(request, "login.html", None, None, name=name[:64], status_code=429,
+                    error=f"too many failed logins: try again in {wait:.0f} s")
+    who = None
+    try:
+        who = await db(c.users[side].check, name, password)
+    finally:
+        c.throttle.settle(keys, who is not None, name_key)
     if who is None:
-        for k in keys:
-            c.throttle.failed(k)
-        return page(request, "login.html", None, None, error="wrong name or password", name=name)
-    for k in keys:
-        c.throttle.succeeded(k)
+        return page(request, "login.html", None, None, error="wrong name or password", name=name[:64])
     request.session.clear()  # a new session: nothing carried over from before the login
-    request.session.update(user=who.name, side=side, csrf=secrets.token_urlsafe(32))
+    request.session.update(user=who.name, side=side, key=who.session_key, csrf=secrets.token_urlsafe(32))
     return RedirectResponse(f"/{side}", status_code=303)
 
 
 async def logout(request: Request) -> Response:
     await security.form(request)
+    c = console_of(request)
+    name, side = request.session.get("user"), request.session.get("side")
+    if isinstance(name, str) and side in c.users:
+        await db(c.users[side].end_sessions, name)  # a copy of the cookie kept elsewhere is worthless too
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -159,13 +168,19 @@ async def http_error(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code)
 
 
+async def bad_value(request: Request, exc: Exception) -> Response:
+    """A value the database cannot hold or compare (a NUL character, a number out of range)."""
+    return await http_error(request, HTTPException(400, "a value in the request is not one the console can look up"))
+
+
 async def fatal_error(request: Request, exc: Exception) -> Response:
     """A wrong request the stores refuse (an unknown object, a bad year): said on the page, as the CLI says it."""
     return await http_error(request, HTTPException(400, str(exc)))
 
 
-def create_app(settings: Settings, catalog: Catalog, sides: tuple[str, ...], *, secret: str | None = None,
-               secure_cookies: bool = False) -> Starlette:
+def create_app(settings: Settings, catalog: Catalog, sides: tuple[str, ...]) -> Starlette:
+    from sqlalchemy.exc import DataError
+
     from messages.errors import FatalError
     from resync.web import district, state
 
@@ -187,8 +202,10 @@ def create_app(settings: Settings, catalog: Catalog, sides: tuple[str, ...], *, 
     if "state" in sides:
         routes += state.routes
     app = Starlette(routes=routes, middleware=[
-        Middleware(SessionMiddleware, secret_key=secret or secrets.token_urlsafe(32), session_cookie="resync_session",
-                   max_age=8 * 3600, same_site="strict", https_only=secure_cookies)],
-        exception_handlers={LoginRequired: to_login, HTTPException: http_error, FatalError: fatal_error})
+        Middleware(SessionMiddleware, secret_key=settings.web_secret or secrets.token_urlsafe(32),
+                   session_cookie="resync_session", max_age=8 * 3600, same_site="strict",
+                   https_only=settings.web_secure_cookies)],
+        exception_handlers={LoginRequired: to_login, HTTPException: http_error, FatalError: fatal_error,
+                            DataError: bad_value})
     app.state.console = c
     return app

@@ -3,6 +3,7 @@ Summary, Batch history, Agent log, Error log, Alerts, Queue and Live sync."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,10 @@ from resync.web.users import Role
 
 SIDE = "district"
 PAGE = 50
+ID = re.compile(r"[0-9]{1,9}")
+SHOWN = ("batch_id", "kind", "initiator", "requested_by", "school_year", "check_dependencies", "status", "created_at",
+         "started_at", "sent_at", "completed_at", "delta")
+"""What a batch's page and its JSON show; a state-initiated batch also hides its objects and its message."""
 
 
 def _year(request: Request, value: str | None) -> int:
@@ -42,12 +47,12 @@ async def status(request: Request) -> Response:
 
 
 async def resync(request: Request) -> Response:
-    await signed_in(request, SIDE, Role.RUN, "sending a resync")
+    who = await signed_in(request, SIDE, Role.RUN, "sending a resync")
     c = console_of(request)
     data = await security.form(request)
     year = _year(request, (data.get("year") or [""])[0])
-    names = data.get("object", [])
     full = (data.get("full") or [""])[0] == "1"
+    names = [] if full else data.get("object", [])  # the page ticks every box with the top one
     deps = (data.get("check_dependencies") or [""])[0] == "1"
     delta = (data.get("delta") or [""])[0] == "1"
     if not full and not names:
@@ -55,12 +60,13 @@ async def resync(request: Request) -> Response:
     plan = await db(plan_batch, c.catalog, c.store.engine, c.settings, names, send_all=full,
                     check_dependencies=deps, year=year)
     batch_id = await db(c.store.queue_batch, plan, kind="full" if full else "partial", year=year,
-                        check_dependencies=deps, delta=delta, requested_by=f"{who_name(request)} (console)")
+                        check_dependencies=deps, delta=delta, requested_by=f"{who.name} (console)")
     return RedirectResponse(f"/district/batches/{batch_id}", status_code=303)
 
 
-def who_name(request: Request) -> str:
-    return str(request.session.get("user", "?"))
+def whole(value: str | None) -> int | None:
+    """A row id from the request: digits that fit the id columns, or None."""
+    return int(value) if value and ID.fullmatch(value) else None
 
 
 async def _batch(request: Request) -> dict[str, Any]:
@@ -69,11 +75,14 @@ async def _batch(request: Request) -> dict[str, Any]:
     if found is None:
         raise HTTPException(404, "no such batch")
     objects = await db(c.store.batch_objects, found["batch_id"])
-    found["totals"] = {k: sum(o[k] for o in objects) for k in ("expected", "sent", "processed", "errors")}
+    shown: dict[str, Any] = {k: found[k] for k in SHOWN}
+    shown["totals"] = {k: sum(o[k] for o in objects) for k in ("expected", "sent", "processed", "errors")}
     # the district never sees which objects a state-initiated resync holds
-    found["objects"] = None if found["initiator"] == STATE else objects
-    found["active"] = found["status"] in ACTIVE
-    return found
+    state = found["initiator"] == STATE
+    shown["objects"] = None if state else objects
+    shown["message"] = None if state else found["message"]
+    shown["active"] = found["status"] in ACTIVE
+    return shown
 
 
 async def batch_page(request: Request) -> Response:
@@ -112,7 +121,7 @@ async def agent_log(request: Request) -> Response:
     obj = q.get("object") or None
     if obj:
         obj = c.catalog.get(obj).name
-    before = int(q["before"]) if q.get("before", "").isdigit() else None
+    before = whole(q.get("before"))
     rows = await db(c.store.log, batch_id=q.get("batch") or None, obj=obj, errors_only=q.get("errors") == "1",
                     limit=PAGE + 1, before=before)
     more = len(rows) > PAGE
@@ -132,7 +141,7 @@ async def alerts(request: Request) -> Response:
     if request.method == "POST":
         security.need(who, Role.DELETE, "deleting alerts")
         data = await security.form(request)
-        await db(store.delete_alerts, [int(i) for i in data.get("id", []) if i.isdigit()])
+        await db(store.delete_alerts, [i for i in map(whole, data.get("id", [])) if i is not None])
         return RedirectResponse("/district/alerts", status_code=303)
     return page(request, "alerts.html", who, SIDE, rows=await db(store.alerts), delete_side="district")
 

@@ -7,7 +7,7 @@ takes effect at once. Every form carries the session's CSRF token, and every POS
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import hmac
 import secrets
 import time
@@ -19,8 +19,12 @@ from starlette.requests import Request
 from resync.web.users import Role, User, UserStore
 
 FREE_ATTEMPTS = 3
-"""Failed logins of one name before each next attempt is slowed down."""
+"""Failed logins of one name before each next attempt must wait."""
+FREE_PER_CLIENT = 20
+"""The same for one client address (higher: behind a proxy every user shares one)."""
 MAX_DELAY = 30.0
+FORGET_AFTER = 15 * 60.0
+"""Seconds after the last failure when a name's or a client's count starts again."""
 
 
 class LoginRequired(Exception):
@@ -28,29 +32,66 @@ class LoginRequired(Exception):
 
 
 @dataclass
+class _Count:
+    failures: int = 0
+    checking: int = 0  # attempts under way: counted before the password is checked, so parallel guesses wait too
+    locked_until: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
 class Throttle:
-    """Failed logins per user name (and per client): after ``FREE_ATTEMPTS`` each further attempt waits twice as
-    long as the one before, up to ``MAX_DELAY`` seconds; a success clears it."""
+    """Failed logins per key (a user name, a client address): past the free attempts each next attempt is refused
+    until a wait that doubles with every failure (up to ``MAX_DELAY``) has passed. A success clears a name's count,
+    never a client's (or an attacker with an account of their own could clear it between guesses)."""
 
-    failures: dict[str, tuple[int, float]] = field(default_factory=dict)
+    counts: dict[str, _Count] = field(default_factory=dict)
 
-    def delay(self, key: str) -> float:
-        count, _ = self.failures.get(key, (0, 0.0))
-        return 0.0 if count < FREE_ATTEMPTS else min(MAX_DELAY, 0.5 * 2 ** (count - FREE_ATTEMPTS))
+    def _get(self, key: str, now: float) -> _Count:
+        c = self.counts.get(key)
+        if c is None or (not c.checking and now - c.last > FORGET_AFTER):
+            c = self.counts[key] = _Count(last=now)
+        return c
 
-    def failed(self, key: str) -> None:
-        count, _ = self.failures.get(key, (0, 0.0))
-        self.failures[key] = (count + 1, time.monotonic())
-        if len(self.failures) > 10_000:  # forget the oldest: memory stays bounded under a flood of names
-            oldest = sorted(self.failures, key=lambda k: self.failures[k][1])[:5_000]
-            for k in oldest:
-                del self.failures[k]
+    @staticmethod
+    def delay(failures: int, free: int) -> float:
+        return 0.0 if failures < free else min(MAX_DELAY, 0.5 * 2 ** (failures - free))
 
-    def succeeded(self, key: str) -> None:
-        self.failures.pop(key, None)
+    def admit(self, keys: dict[str, int]) -> float:
+        """Seconds to wait before another attempt for ``keys`` (key -> free attempts), or 0 after reserving one."""
+        now = time.monotonic()
+        counts = {k: self._get(k, now) for k in keys}
+        wait = max((c.locked_until - now for c in counts.values()), default=0.0)
+        if wait > 0:
+            return wait
+        for key, c in counts.items():
+            c.checking += 1
+            c.locked_until = now + self.delay(c.failures + c.checking - 1, keys[key])
+        self._bound()
+        return 0.0
 
-    async def wait(self, *keys: str) -> None:
-        await asyncio.sleep(max(self.delay(k) for k in keys))
+    def settle(self, keys: dict[str, int], ok: bool, name_key: str) -> None:
+        now = time.monotonic()
+        for key, free in keys.items():
+            c = self._get(key, now)
+            c.checking = max(0, c.checking - 1)
+            c.last = now
+            if ok and key == name_key:
+                del self.counts[key]
+            elif not ok:
+                c.failures += 1
+                c.locked_until = max(c.locked_until, now + self.delay(c.failures, free))
+
+    def _bound(self) -> None:
+        if len(self.counts) > 10_000:  # forget the oldest idle ones: memory stays bounded under a flood
+            idle = sorted((k for k, c in self.counts.items() if not c.checking), key=lambda k: self.counts[k].last)
+            for k in idle[:5_000]:
+                del self.counts[k]
+
+
+def throttle_key(kind: str, value: str) -> str:
+    """Keys of a fixed size, whatever was posted."""
+    return f"{kind}:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def csrf_token(request: Request) -> str:
@@ -78,7 +119,10 @@ def user(request: Request, users: dict[str, UserStore], side: str) -> User:
     if their_side != side:
         raise HTTPException(403, f"this page belongs to the {side}; you are signed in to the {their_side}")
     found = users[side].get(str(name))
-    if found is None:  # removed since they signed in
+    key = request.session.get("key")
+    if found is None or not isinstance(key, str) or not hmac.compare_digest(key, found.session_key):
+        # removed since, added again, or logged out (which gives the user a new key: every copy of an old
+        # cookie is worthless from then on)
         request.session.clear()
         raise LoginRequired
     return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -36,9 +36,9 @@ def overview(engine: Engine, catalog: Catalog, known: tuple[str, ...], year: int
     schema = StateSchema(catalog)
     mk = schema.markers
     with engine.connect() as conn:
-        last = {d: (b, at) for d, b, at in conn.execute(
-            select(mk.c.district_id, mk.c.batch_id, func.max(mk.c.received_at))
-            .where(mk.c.kind == MarkerKind.BATCH_START.value).group_by(mk.c.district_id, mk.c.batch_id))}
+        last = {d: (b, at) for d, b, at in conn.execute(  # in time order: each district's latest is kept
+            select(mk.c.district_id, mk.c.batch_id, mk.c.received_at)
+            .where(mk.c.kind == MarkerKind.BATCH_START.value).order_by(mk.c.received_at))}
         seen = {d for (d,) in conn.execute(select(mk.c.district_id).distinct())}
         asked = {d for (d,) in conn.execute(select(schema.requests.c.district_id).distinct())}
     live = {r["district_id"]: r for r in state_live(engine, catalog)}
@@ -149,8 +149,9 @@ async def dead_letters(request: Request) -> Response:
         security.need(who, Role.DELETE, "requeueing dead letters")
         data = await security.form(request)
         done = await db(requeue, _broker(request), set(data.get("id", [])), c.settings.state_user)
-        request.session["flash"] = f"requeued {len(done.requeued)} message(s)" + "".join(
-            f"; {m}: {why}" for m, why in done.refused.items())
+        refused = "".join(f"; {m}: {why}" for m, why in list(done.refused.items())[:3])
+        more = f"; {len(done.refused) - 3} more refused" if len(done.refused) > 3 else ""
+        request.session["flash"] = (f"requeued {len(done.requeued)} message(s)" + refused)[:600] + more
         return RedirectResponse("/state/dead-letters", status_code=303)
     rows = await db(list_dead_letters, _broker(request), c.settings.state_user, 200)
     return page(request, "deadletters.html", who, SIDE, rows=rows, flash=request.session.pop("flash", None))

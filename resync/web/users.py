@@ -12,8 +12,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select, update
 
 from core.db import create_all
 from messages.envelope import now_ts
@@ -26,6 +27,7 @@ console_user = Table(
     Column("role", String(16), nullable=False),
     Column("password", String(255), nullable=False),
     Column("created_at", String(32), nullable=False),
+    Column("session_key", String(64), nullable=False),  # in every session cookie; a new one ends them all
 )
 
 _N, _R, _P = 2**14, 8, 1  # 16 MiB of memory per guess
@@ -57,6 +59,7 @@ class User:
     name: str
     role: Role
     created_at: str
+    session_key: str
 
 
 def hash_password(password: str) -> str:
@@ -84,33 +87,48 @@ class UserStore:
         create_all(metadata, self.engine)
 
     def add(self, name: str, role: Role, password: str) -> None:
-        if not name.strip() or len(name) > 64:
-            raise FatalError("a user name is 1 to 64 characters")
+        if not name.strip() or len(name) > 64 or not name.isprintable():
+            raise FatalError("a user name is 1 to 64 printable characters")
         if len(password) < 8:
             raise FatalError("a password needs at least 8 characters")
         with self.engine.begin() as conn:
             if conn.execute(select(console_user.c.name).where(console_user.c.name == name)).first():
                 raise FatalError(f"user {name!r} exists; remove it first (`resync users remove {name}`)")
             conn.execute(insert(console_user).values(name=name, role=role.label, password=hash_password(password),
-                                                     created_at=now_ts()))
+                                                     created_at=now_ts(), session_key=secrets.token_urlsafe(24)))
+
+    def end_sessions(self, name: str) -> None:
+        """Every session of ``name`` ends (logout): their cookies name a key that is no longer theirs."""
+        with self.engine.begin() as conn:
+            conn.execute(update(console_user).where(console_user.c.name == name)
+                         .values(session_key=secrets.token_urlsafe(24)))
 
     def remove(self, name: str) -> bool:
+        if self.get(name) is None:
+            return False
         with self.engine.begin() as conn:
             return conn.execute(delete(console_user).where(console_user.c.name == name)).rowcount > 0
 
     def list(self) -> list[User]:
         with self.engine.connect() as conn:
-            return [User(r.name, Role.parse(r.role), r.created_at)
-                    for r in conn.execute(select(console_user).order_by(console_user.c.name))]
+            return [_user(r) for r in conn.execute(select(console_user).order_by(console_user.c.name))]
 
     def get(self, name: str) -> User | None:
+        if not 0 < len(name) <= 64 or "\x00" in name:  # no such user can exist
+            return None
         with self.engine.connect() as conn:
             r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
-        return None if r is None else User(r.name, Role.parse(r.role), r.created_at)
+        return None if r is None else _user(r)
 
     def check(self, name: str, password: str) -> User | None:
         """The user if the password is theirs; an unknown name costs the same time as a wrong password."""
-        with self.engine.connect() as conn:
-            r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
+        r = None
+        if 0 < len(name) <= 64 and "\x00" not in name:
+            with self.engine.connect() as conn:
+                r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
         ok = verify_password(password, r.password if r is not None else _DUMMY)
-        return User(r.name, Role.parse(r.role), r.created_at) if r is not None and ok else None
+        return _user(r) if r is not None and ok else None
+
+
+def _user(r: Any) -> User:
+    return User(r.name, Role.parse(r.role), r.created_at, r.session_key)
