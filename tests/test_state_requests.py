@@ -61,7 +61,8 @@ def test_a_state_request_waits_for_the_agent_runs_and_never_shows_its_objects_at
     [req] = seen["requests"]
     assert (req["request_id"], req["status"], req["objects"]) == (request_id, "completed", ["Enrollment"])
     assert state_refs(site.state)["Enrollment"] == {r["ref_id"] for r in rows["Enrollment"]} - rejected["Enrollment"]
-    assert [a["name"] for a in site.json("alerts", "--state")] == ["Resync complete"]
+    # newest first: the request's alert, as the state's users see it too, then its completion
+    assert [a["name"] for a in site.json("alerts", "--state")] == ["Resync complete", "State Resync Requested"]
 
 
 def test_a_control_message_from_a_district_identity_is_rejected_and_runs_nothing(
