@@ -16,10 +16,10 @@ from sqlalchemy import (
 
 from agent import live_store
 from agent.tables import agent_log, batch, batch_object, error_log, metadata, process_alert
-from core.db import create_all, insert_many
+from core.db import insert_many
+from core.migrations import prepare
 from messages.envelope import Ack, new_id, now_ts
 from messages.text import clean
-from publisher.changes import create_versions
 
 ACTIVE = ("queued", "running", "sent")
 BLOCKED = "Broker blocked publishing"
@@ -39,8 +39,11 @@ class AgentStore:
         self.engine = engine
 
     def create(self) -> None:
-        create_all(metadata, self.engine)
-        create_versions(self.engine)
+        """The agent's tables at this version's schema (see ``core.migrations``)."""
+        from agent.migrations import DISTRICT
+        from publisher.changes import metadata as versions_metadata
+
+        prepare(self.engine, DISTRICT, [metadata, versions_metadata])
 
     # batches --------------------------------------------------------------------------------
 

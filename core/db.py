@@ -21,7 +21,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     literal_column,
     select,
     text,
@@ -119,27 +118,13 @@ def one_of(column: Any, values: Iterable[Any], eng: Engine) -> Any:
 
 
 def create_all(metadata: MetaData, eng: Engine) -> None:
-    """Create missing tables, and add missing nullable columns and indexes to tables an older version created.
-    Daemons and commands may start together, so on PostgreSQL this runs under an advisory lock: two
-    concurrent CREATE TABLEs of one name would make one of them fail."""
+    """Create the tables that do not exist yet. Changes to tables that exist are schema versions
+    (``core.migrations``). Daemons and commands may start together, so on PostgreSQL this runs under an advisory
+    lock: two concurrent CREATE TABLEs of one name would make one of them fail."""
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7227316)"))
         metadata.create_all(conn)
-        # one reflection query for every table, since every command runs this
-        existing = inspect(conn).get_multi_columns(filter_names=list(metadata.tables))
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in existing.get((None, table.name), [])}
-            for column in table.columns:
-                if column.name not in present and column.nullable:
-                    kind = column.type.compile(dialect=eng.dialect)
-                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
-        indexes = inspect(conn).get_multi_indexes(filter_names=list(metadata.tables))
-        for table in metadata.sorted_tables:
-            named = {i["name"] for i in indexes.get((None, table.name), [])}
-            for index in table.indexes:
-                if index.name not in named:  # an index a later version added to an existing table
-                    index.create(conn, checkfirst=True)
 
 
 class Listener:

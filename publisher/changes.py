@@ -32,7 +32,7 @@ from sqlalchemy import (
     text,
 )
 
-from core.db import create_all, insert_many, one_of
+from core.db import insert_many, one_of
 from messages.catalog import Catalog
 from messages.envelope import Action, canonical_ts
 from publisher.capture import OUTBOX
@@ -48,10 +48,6 @@ versions = Table(
     Column("ref_id", String(32), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
-
-
-def create_versions(engine: Engine) -> None:
-    create_all(metadata, engine)
 
 
 def versioned(query: Any, table: Table, name: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
 
-from core.db import create_all
+from core.migrations import prepare
 from core.tables import REFID, object_tables
 from messages.catalog import Catalog
 
@@ -147,7 +147,10 @@ class StateSchema:
         )
 
     def create(self, engine: Engine) -> None:
-        create_all(self.metadata, engine)
+        """The state's tables at this version's schema (see ``core.migrations``)."""
+        from state_receiver.migrations import STATE
+
+        prepare(engine, STATE, [self.metadata])
 
 
 def _asked_of_a_district() -> list[Column[Any]]:

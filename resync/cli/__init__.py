@@ -9,7 +9,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core.retry import misconfigured
 from messages.errors import FatalError, ResyncError
-from resync.cli import development, district, live, operations, state, web  # noqa: F401  (they register their commands)
+from resync.cli import development, district, live, operations, schema, state, web  # noqa: F401  (they register their commands)
 from resync.cli.app import cli
 from resync.cli.verify import verify
 
