@@ -57,6 +57,10 @@ from publisher.publish import ObjectPublisher, RefOnly, rows_by_ref
 log = structlog.get_logger()
 
 
+PRUNE_EVERY = 60.0
+"""Seconds between retention passes."""
+
+
 class Agent:
     def __init__(self, settings: Settings, broker: Broker, engine: Engine, catalog: Catalog) -> None:
         self.settings, self.broker, self.engine, self.catalog = settings, broker, engine, catalog
@@ -94,7 +98,8 @@ class Agent:
                 stop.set()
 
         threads = [threading.Thread(target=publishing, name="publisher", daemon=True),
-                   threading.Thread(target=live, name="live", daemon=True)]
+                   threading.Thread(target=live, name="live", daemon=True),
+                   threading.Thread(target=self._retention, args=(stop,), name="retention", daemon=True)]
         for t in threads:
             t.start()
         try:
@@ -106,6 +111,18 @@ class Agent:
         if failed:
             raise failed[0]
         log.info("agent stopped")
+
+    def _retention(self, stop: threading.Event) -> None:
+        """Prune what is past retention once a minute, in small steps (see ``agent.retention``)."""
+        from agent.retention import prune
+
+        while not stop.wait(PRUNE_EVERY):
+            try:
+                removed = prune(self.engine, self.settings, stop.is_set)
+                if any(removed.values()):
+                    log.info("pruned past retention", **removed)
+            except Exception:  # a database that is away now: the next pass tries again
+                log.warning("pruning failed; trying again in a minute", exc_info=True)
 
     # publishing -----------------------------------------------------------------------------
 

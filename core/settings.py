@@ -81,6 +81,12 @@ class Settings:
     today: dt.date | None = None
     broker_tls: Mapping[str, str] = field(default_factory=dict)
     heartbeat: int = 30
+    keep_batches: int = 10
+    """Per-record rows (agent log, receiver inbox) of the newest N batches are kept; 0: every batch's."""
+    keep_days: int = 90
+    """Live outcomes, errors and alerts are kept N days; 0: forever."""
+    keep_history_days: int = 0
+    """Batch history (per-object counts) is kept N days; 0: forever."""
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     web_secret: str | None = None
@@ -113,7 +119,8 @@ class Settings:
             values["district_users"] = _pairs(get("DISTRICT_USERS"))
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
-        for key in ("school_year", "max_body", "max_in_flight", "heartbeat", "web_port"):
+        for key in ("school_year", "max_body", "max_in_flight", "heartbeat", "web_port", "keep_batches", "keep_days",
+                    "keep_history_days"):
             raw = get(key.upper())
             if raw:
                 try:
@@ -157,6 +164,10 @@ class Settings:
         if not (settings.heartbeat == 0 or 2 <= settings.heartbeat <= 3600):
             raise ConfigError(f"RESYNC_HEARTBEAT={settings.heartbeat} is out of range: use 2 to 3600 seconds, or 0 "
                               "to turn heartbeats off")
+        for key in ("keep_batches", "keep_days", "keep_history_days"):
+            if getattr(settings, key) < 0:
+                raise ConfigError(f"RESYNC_{key.upper()}={getattr(settings, key)} is negative: use a whole number, "
+                                  "or 0 to keep forever")
         if not 1 <= settings.web_port <= 65535:
             raise ConfigError(f"RESYNC_WEB_PORT={settings.web_port} is out of range: use 1 to 65535")
         if settings.broker_url and not settings.broker_url.startswith("memory://"):

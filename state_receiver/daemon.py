@@ -64,6 +64,8 @@ MANIFEST_REPEAT = 600.0
 """Seconds during which a manifest request already answered is not answered again (a district that asks
 many times gets one manifest; after a receiver restart, the request is answered anew)."""
 PRUNE_EVERY = 600.0
+RETAIN_EVERY = 60.0
+"""Seconds between retention passes."""
 """Seconds between prunings of the tombstones."""
 TOMBSTONE_KEEP = 86_400
 """Seconds a versioned delete is remembered. Pages read before a delete are published within seconds of it and
@@ -120,8 +122,26 @@ class Receiver:
     def run(self, stop: threading.Event) -> None:
         run_forever(self.setup, stop, "start-up")
         log.info("receiver started", districts=list(self.districts), broker=self.broker.describe())
-        run_forever(lambda: self._serve(stop), stop, "receiver")
+        pruning = threading.Thread(target=self._retention, args=(stop,), name="retention", daemon=True)
+        pruning.start()
+        try:
+            run_forever(lambda: self._serve(stop), stop, "receiver")
+        finally:
+            stop.set()
+            pruning.join()
         log.info("receiver stopped", applied=self.applied)
+
+    def _retention(self, stop: threading.Event) -> None:
+        """Prune what is past retention once a minute, in small steps (see ``state_receiver.retention``)."""
+        from state_receiver.retention import prune
+
+        while not stop.wait(RETAIN_EVERY):
+            try:
+                removed = prune(self.engine, self.schema, self.settings, stop.is_set)
+                if any(removed.values()):
+                    log.info("pruned past retention", **removed)
+            except Exception:  # a database that is away now: the next pass tries again
+                log.warning("pruning failed; trying again in a minute", exc_info=True)
 
     def _serve(self, stop: threading.Event) -> None:
         with (self.broker.connect() as conn, self.broker.connect() as out,

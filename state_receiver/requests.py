@@ -65,17 +65,30 @@ def on_markers(conn: Connection, schema: StateSchema, district: str, markers: li
 
 
 def _batch_totals(conn: Connection, schema: StateSchema, district: str, batch: str) -> dict[str, tuple[int, int]]:
-    t = schema.inbox
-    rows = conn.execute(select(t.c.object, func.count(), func.sum(case((t.c.status == "error", 1), else_=0)))
-                        .where(t.c.district_id == district, t.c.batch_id == batch).group_by(t.c.object))
+    rows = [(o, n, e) for _, o, n, e in answered(conn, schema, district, [batch])]
     order = {n: i for i, n in enumerate(schema.catalog.names())}
     return dict(sorted(((o, (int(n), int(e or 0))) for o, n, e in rows if o), key=lambda kv: order.get(kv[0], 0)))
+
+
+def answered(conn: Connection, schema: StateSchema, district: str,
+             batches: list[str]) -> list[tuple[str, str, int, int]]:
+    """(batch, object, processed, errors) of ``batches``: counted from the inbox, or kept in
+    ``receiver_batch_count`` once retention removed the batch's inbox rows."""
+    t, kept = schema.inbox, schema.batch_counts
+    out = [(b, o, int(n), int(e or 0)) for b, o, n, e in conn.execute(
+        select(t.c.batch_id, t.c.object, func.count(), func.sum(case((t.c.status == "error", 1), else_=0)))
+        .where(t.c.district_id == district, t.c.batch_id.in_(batches)).group_by(t.c.batch_id, t.c.object))]
+    counted = {b for b, *_ in out}
+    out += [(b, o, n, e) for b, o, n, e in conn.execute(
+        select(kept.c.batch_id, kept.c.object, kept.c.processed, kept.c.errors).where(
+            kept.c.district_id == district, kept.c.batch_id.in_(batches))) if b not in counted]
+    return out
 
 
 def district_status(engine: Engine, schema: StateSchema, catalog: Catalog, district: str, year: int,
                     objects: list[str]) -> list[dict[str, Any]]:
     """The district's Resync State Data table as the state sees it, built from the acks it sent."""
-    mk, t = schema.markers, schema.inbox
+    mk = schema.markers
     with engine.connect() as conn:
         starts = {b: (at, k) for b, at, k in conn.execute(
             select(mk.c.batch_id, mk.c.received_at, mk.c.kind).where(
@@ -88,11 +101,8 @@ def district_status(engine: Engine, schema: StateSchema, catalog: Catalog, distr
             mk.c.district_id == district, mk.c.kind == MarkerKind.OBJECT_END.value))}
         acked: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
         if starts:
-            for b, o, n, e in conn.execute(
-                    select(t.c.batch_id, t.c.object, func.count(), func.sum(case((t.c.status == "error", 1), else_=0)))
-                    .where(t.c.district_id == district, t.c.batch_id.in_(list(starts)))
-                    .group_by(t.c.batch_id, t.c.object)):
-                acked[o].append((b, int(n), int(e or 0)))
+            for b, o, n, e in answered(conn, schema, district, list(starts)):
+                acked[o].append((b, n, e))
     rows = []
     for name, depth in catalog.tree():
         if name not in objects:
@@ -112,7 +122,7 @@ def district_status(engine: Engine, schema: StateSchema, catalog: Catalog, distr
 
 
 def list_requests(engine: Engine, schema: StateSchema, district: str | None = None) -> list[dict[str, Any]]:
-    r, t = schema.requests, schema.inbox
+    r = schema.requests
     with engine.connect() as conn:
         query = select(r).order_by(r.c.requested_at.desc())
         if district:
@@ -123,9 +133,8 @@ def list_requests(engine: Engine, schema: StateSchema, district: str | None = No
             d["objects"] = json.loads(d["objects"]) if d["objects"] else None
             d["processed"] = d["errors"] = 0
             if d["batch_id"]:
-                n, e = conn.execute(select(func.count(), func.sum(case((t.c.status == "error", 1), else_=0)))
-                                    .where(t.c.district_id == d["district_id"], t.c.batch_id == d["batch_id"])).one()
-                d["processed"], d["errors"] = int(n), int(e or 0)
+                counts = answered(conn, schema, d["district_id"], [d["batch_id"]])
+                d["processed"], d["errors"] = sum(c[2] for c in counts), sum(c[3] for c in counts)
             out.append(d)
     return out
 

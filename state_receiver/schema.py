@@ -56,6 +56,15 @@ class StateSchema:
             Index("ix_receiver_tombstone_ref_id", "district_id", "ref_id"),
             Index("ix_receiver_tombstone_deleted_at", "deleted_at"),
         )
+        # a batch's answers per object, kept when retention removes its inbox rows
+        self.batch_counts = Table(
+            "receiver_batch_count", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("batch_id", REFID, primary_key=True),
+            Column("object", String(64), primary_key=True),
+            Column("processed", Integer, nullable=False),
+            Column("errors", Integer, nullable=False),
+        )
         # live sync as the state sees it, per district: the last change applied and how long it took to arrive
         self.live = Table(
             "receiver_live", m,

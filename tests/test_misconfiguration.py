@@ -49,6 +49,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     ("RESYNC_BROKER_URL", "amqp://guest:guest@127.0.0.1:notaport/", ("is not an AMQP URL",)),
     ("RESYNC_HEARTBEAT", "1", ("RESYNC_HEARTBEAT", "2 to 3600")),
     ("RESYNC_WEB_PORT", "70000", ("RESYNC_WEB_PORT", "1 to 65535")),
+    ("RESYNC_KEEP_BATCHES", "-1", ("RESYNC_KEEP_BATCHES", "0 to keep forever")),
+    ("RESYNC_KEEP_DAYS", "ninety", ("RESYNC_KEEP_DAYS", "not a whole number")),
     ("RESYNC_WEB_PORT", "http", ("RESYNC_WEB_PORT", "not a whole number")),
     ("RESYNC_WEB_SECURE_COOKIES", "maybe", ("RESYNC_WEB_SECURE_COOKIES", "true or false")),
     ("RESYNC_DISTRICT_DB", "sqlite:////no/such/dir/x.db", ("'/no/such/dir' does not exist", "RESYNC_DISTRICT_DB")),

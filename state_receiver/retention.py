@@ -1,0 +1,101 @@
+"""Retention on the state side: the inbox rows of old batches go once their per-object counts are kept in
+``receiver_batch_count``; live answers, errors and alerts go after a number of days.
+
+Like the agent, the receiver prunes in small steps, each its own short transaction, in a thread of its own; a
+batch without its end marker (still arriving) is never touched, nor are the newest ``keep_batches`` batches of a
+district.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, delete, func, select
+
+from core.db import insert_many
+from core.settings import Settings
+from messages.envelope import MarkerKind, canonical_ts
+from state_receiver.schema import StateSchema
+
+STEP = 2_000
+ENDED = (MarkerKind.BATCH_END.value, MarkerKind.BATCH_CANCELLED.value)
+
+
+def old_batches(conn: Any, schema: StateSchema, keep: int) -> list[tuple[str, str]]:
+    """(district, batch) past the newest ``keep`` of each district, ended, whose inbox rows are still there."""
+    mk, inbox = schema.markers, schema.inbox
+    started = conn.execute(select(mk.c.district_id, mk.c.batch_id, mk.c.received_at).where(
+        mk.c.kind == MarkerKind.BATCH_START.value).order_by(mk.c.received_at.desc())).all()
+    ended = {(d, b) for d, b in conn.execute(select(mk.c.district_id, mk.c.batch_id).where(mk.c.kind.in_(ENDED)))}
+    seen: dict[str, int] = {}
+    out = []
+    for d, b, _ in started:
+        seen[d] = seen.get(d, 0) + 1
+        if seen[d] > keep and (d, b) in ended:
+            out.append((d, b))
+    have = {(d, b) for d, b in conn.execute(select(inbox.c.district_id, inbox.c.batch_id).distinct())}
+    return [x for x in out if x in have]
+
+
+def _count_then_drop(engine: Engine, schema: StateSchema, district: str, batch: str,
+                     stop: Callable[[], bool]) -> int:
+    inbox, counts = schema.inbox, schema.batch_counts
+    of_batch = and_(inbox.c.district_id == district, inbox.c.batch_id == batch)
+    with engine.begin() as conn:  # the counts first, in the same transaction as nothing else: kept once
+        have = conn.execute(select(counts.c.object).where(counts.c.district_id == district,
+                                                          counts.c.batch_id == batch)).first()
+        if have is None:
+            rows = conn.execute(select(inbox.c.object, func.count(), func.sum(case((inbox.c.status == "error", 1),
+                                                                                   else_=0)))
+                                .where(of_batch).group_by(inbox.c.object)).all()
+            insert_many(conn, counts, [{"district_id": district, "batch_id": batch, "object": o or "",
+                                        "processed": int(n), "errors": int(e or 0)} for o, n, e in rows])
+    removed = 0
+    while not stop():
+        with engine.begin() as conn:
+            ids = [m for (m,) in conn.execute(select(inbox.c.msg_id).where(of_batch).limit(STEP))]
+            if not ids:
+                break
+            conn.execute(delete(inbox).where(inbox.c.district_id == district, inbox.c.msg_id.in_(ids)))
+        removed += len(ids)
+    return removed
+
+
+def _drop_older(engine: Engine, table: Any, key: Any, where: Any, stop: Callable[[], bool],
+                scope: Any = True) -> int:
+    removed = 0
+    while not stop():
+        with engine.begin() as conn:
+            ids = [i for (i,) in conn.execute(select(key).where(where).limit(STEP))]
+            if not ids:
+                break
+            conn.execute(delete(table).where(key.in_(ids), scope))
+        removed += len(ids)
+    return removed
+
+
+def prune(engine: Engine, schema: StateSchema, settings: Settings,
+          stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
+    removed = {"receiver_inbox": 0, "receiver_error_log": 0, "state_alert": 0}
+    if settings.keep_batches:
+        with engine.connect() as conn:
+            old = old_batches(conn, schema, settings.keep_batches)
+        for district, batch in old:
+            if stop():
+                break
+            removed["receiver_inbox"] += _count_then_drop(engine, schema, district, batch, stop)
+    if settings.keep_days:
+        cutoff = canonical_ts(datetime.now(UTC) - timedelta(days=settings.keep_days))
+        inbox, errors, alerts = schema.inbox, schema.error_log, schema.alerts
+        # live answers: by msg_id within a district, as the inbox is keyed
+        with engine.connect() as conn:
+            districts = [d for (d,) in conn.execute(select(inbox.c.district_id).distinct())]
+        for d in districts:
+            removed["receiver_inbox"] += _drop_older(
+                engine, inbox, inbox.c.msg_id, and_(inbox.c.district_id == d, inbox.c.batch_id.is_(None),
+                                                    inbox.c.received_at < cutoff), stop, inbox.c.district_id == d)
+        removed["receiver_error_log"] += _drop_older(engine, errors, errors.c.id, errors.c.logged_at < cutoff, stop)
+        removed["state_alert"] += _drop_older(engine, alerts, alerts.c.id, alerts.c.posted < cutoff, stop)
+    return removed
