@@ -47,6 +47,9 @@ from messages import catalog as catalog_mod
 from publisher.schema import DistrictSchema
 from state_receiver.schema import StateSchema
 
+sys.path.insert(0, str(Path(__file__).parent))
+import storage_bench
+
 RECORDS_PER_STUDENT = 26.8  # what `resync seed` makes, measured at 4,000 students
 
 
@@ -164,6 +167,13 @@ def main() -> None:
     ap.add_argument("--live-seconds", type=float, default=30, help="length of each live sync phase")
     ap.add_argument("--live-minutes", type=float, default=0, help="then write 1,000 changes/s this long, "
                     "sampling the agent's memory")
+    ap.add_argument("--steady", action="store_true", help="then a second full resync of the same district")
+    ap.add_argument("--beside", type=int, default=0, metavar="N",
+                    help="then a full resync with the state holding N other districts like this one")
+    ap.add_argument("--repeat", type=int, default=0, metavar="N",
+                    help="then N more full resyncs, each followed by a retention pass; prints the bookkeeping "
+                         "tables' rows and sizes after each")
+    ap.add_argument("--keep-batches", type=int, default=2, help="retention for --repeat (default 2)")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -193,30 +203,40 @@ def main() -> None:
                     print(json.dumps(line))
             return
         total = sum(DistrictSchema(catalog).count(district, n, 2027) for n in catalog.names())
-        size = 300  # bytes; the seeded district's events average 445, so the raw figure errs high
+        AgentStore(district).create()
+        size = round(storage_bench.mean_event_bytes(district, catalog, 2027))  # the district's real messages
         raw = raw_round_trip(url, total, size)
 
         for role in ("receiver", "agent"):
             procs.append(resync(env, "--log-level", "WARNING", role, "run", stderr=subprocess.DEVNULL))
         time.sleep(2)
-        before = services()
-        cpu_before = {name: cpu_seconds(pids) for name, pids in before.items()}
         spy = str(Path(sys.executable).with_name("py-spy"))
         spies = [subprocess.Popen([spy, "record", "--pid", str(p.pid), "--rate", "50", "--format", "raw",
                                    "-o", f"{args.py_spy}/{role}.txt"], stdout=subprocess.DEVNULL)
                  for role, p in zip(("receiver", "agent"), procs, strict=True)] if args.py_spy else []
-        started = time.perf_counter()
         cap = ["--max-rate", str(args.max_rate)] if args.max_rate else []
-        batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json", *cap],
-                                             env=env, check=True, capture_output=True, text=True).stdout)["batch_id"]
         store = AgentStore(district)
-        while (store.batch(batch_id) or {}).get("status") != "completed":
-            if any(p.poll() is not None for p in procs):
-                raise SystemExit("a daemon died; see its log")
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - started
-        cpu = {role: round(cpu_seconds([p.pid]), 1) for role, p in zip(("receiver", "agent"), procs, strict=True)}
-        cpu.update({name: round(cpu_seconds(pids) - cpu_before[name], 1) for name, pids in services().items()})
+
+        def timed_resync() -> tuple[str, float, dict[str, float]]:
+            """A full resync from `resync send --all` until every ack is counted; CPU seconds per process."""
+            daemons = {role: cpu_seconds([p.pid]) for role, p in zip(("receiver", "agent"), procs, strict=True)}
+            servers = {name: cpu_seconds(pids) for name, pids in services().items()}
+            started = time.perf_counter()
+            batch_id = json.loads(subprocess.run([sys.executable, "-m", "resync", "send", "--all", "--json", *cap],
+                                                 env=env, check=True, capture_output=True, text=True).stdout)[
+                "batch_id"]
+            while (store.batch(batch_id) or {}).get("status") != "completed":
+                if any(p.poll() is not None for p in procs):
+                    raise SystemExit("a daemon died; see its log")
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - started
+            cpu = {role: round(cpu_seconds([p.pid]) - daemons[role], 1)
+                   for role, p in zip(("receiver", "agent"), procs, strict=True)}
+            cpu.update({name: round(cpu_seconds(pids) - servers.get(name, 0.0), 1)
+                        for name, pids in services().items()})
+            return batch_id, elapsed, cpu
+
+        batch_id, elapsed, cpu = timed_resync()
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -232,7 +252,9 @@ def main() -> None:
         result = {
             "records": total, "raw_round_trip_per_s": round(raw), "end_to_end_s": round(elapsed, 1),
             "end_to_end_per_s": round(total / elapsed), "ratio_to_raw": round(total / elapsed / raw, 3),
-            "peak_rss_mb": rss, "cpu_s": cpu, "state_rows": at_state, "acked_ok": ok,
+            "message_bytes": size, "peak_rss_mb": rss, "cpu_s": cpu,
+            "cpu_us_per_record": {k: round(v * 1e6 / total, 1) for k, v in cpu.items()},
+            "state_rows": at_state, "acked_ok": ok,
             "state_complete": at_state == ok and sum(o["sent"] for o in objects) == total,
         }
         if args.max_rate:
@@ -251,6 +273,24 @@ def main() -> None:
                   f"delta resync {result['delta_s']}s sending {result['delta_sent']} records, "
                   f"{result['delta_speedup']}x faster than the full resync; peak RSS since start "
                   f"{result['peak_rss_after_delta_mb']}")
+        if args.steady:  # the same district again, onto a state that holds it: the steady state
+            _, again, again_cpu = timed_resync()
+            result.update(second_resync_s=round(again, 1), second_resync_per_s=round(total / again),
+                          second_to_first=round(elapsed / again, 3),
+                          second_cpu_us_per_record={k: round(v * 1e6 / total, 1) for k, v in again_cpu.items()})
+            print(f"second full resync: {total / again:,.0f}/s ({elapsed / again:.0%} of the first's rate)")
+        if args.beside:
+            added = storage_bench.copy_to_other_districts(state, catalog, "district-1", args.beside)
+            _, beside, _ = timed_resync()
+            result.update(beside_districts=args.beside, beside_rows_added=added, beside_resync_per_s=round(
+                total / beside), beside_to_first=round(elapsed / beside, 3))
+            print(f"full resync beside {args.beside} other districts ({added:,} rows): {total / beside:,.0f}/s "
+                  f"({elapsed / beside:.0%} of the first's rate)")
+        if args.repeat:
+            from core.settings import Settings
+            keep = Settings(keep_batches=args.keep_batches, keep_days=0)
+            result["retention_runs"] = storage_bench.retention_runs(timed_resync, district, state, catalog, keep,
+                                                                    args.repeat, total)
         print(f"{total:,} records: raw round trip {raw:,.0f}/s; full resync end to end {elapsed:.1f}s = "
               f"{total / elapsed:,.0f}/s ({total / elapsed / raw:.0%} of raw); peak RSS receiver "
               f"{rss['receiver']} MB, agent {rss['agent']} MB; state holds every accepted record: "
