@@ -16,10 +16,13 @@ from sqlalchemy import Engine, delete, select
 
 from agent.store import ACTIVE
 from agent.tables import agent_log, batch, batch_object, batch_selection, error_log, process_alert
+from core.db import reclaim
 from core.settings import Settings
 from messages.envelope import canonical_ts
 
 STEP = 2_000
+RECLAIM_AFTER = 10_000
+"""Rows removed from a table in one pass after which its space is reclaimed at once (``core.db.reclaim``)."""
 
 
 def _before(days: int) -> str:
@@ -75,4 +78,6 @@ def prune(engine: Engine, settings: Settings, stop: Callable[[], bool] = lambda:
                 for table in (batch_object, batch_selection):
                     conn.execute(delete(table).where(table.c.batch_id == b))
                 removed["resync_batch"] += conn.execute(delete(batch).where(batch.c.batch_id == b)).rowcount
+    if not stop():
+        reclaim(engine, [name for name, n in removed.items() if n >= RECLAIM_AFTER])
     return removed

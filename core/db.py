@@ -165,3 +165,14 @@ class Listener:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def reclaim(eng: Engine, tables: list[str]) -> None:
+    """After a prune removed many rows: PostgreSQL's ``VACUUM (ANALYZE)`` of those tables, so new rows reuse the
+    space at once (autovacuum looks once a minute and may be busy elsewhere) and the planner sees the table as it
+    is now. It takes no lock that reads or writes wait for. SQLite reuses a freed page by itself."""
+    if eng.dialect.name != "postgresql" or not tables:
+        return
+    with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for name in tables:
+            conn.execute(text(f'VACUUM (ANALYZE) "{name}"'))

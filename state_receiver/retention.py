@@ -14,12 +14,14 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, case, delete, func, select
 
-from core.db import insert_many
+from core.db import insert_many, reclaim
 from core.settings import Settings
 from messages.envelope import MarkerKind, canonical_ts
 from state_receiver.schema import StateSchema
 
 STEP = 2_000
+RECLAIM_AFTER = 10_000
+"""Rows removed from a table in one pass after which its space is reclaimed at once (``core.db.reclaim``)."""
 ENDED = (MarkerKind.BATCH_END.value, MarkerKind.BATCH_CANCELLED.value)
 
 
@@ -98,4 +100,6 @@ def prune(engine: Engine, schema: StateSchema, settings: Settings,
                                                     inbox.c.received_at < cutoff), stop, inbox.c.district_id == d)
         removed["receiver_error_log"] += _drop_older(engine, errors, errors.c.id, errors.c.logged_at < cutoff, stop)
         removed["state_alert"] += _drop_older(engine, alerts, alerts.c.id, alerts.c.posted < cutoff, stop)
+    if not stop():
+        reclaim(engine, [name for name, n in removed.items() if n >= RECLAIM_AFTER])
     return removed

@@ -40,8 +40,11 @@ def state_view(w: World) -> list[dict[str, Any]]:
     return district_status(w.state, STATE, CATALOG, "district-1", YEAR, CATALOG.names())
 
 
-def test_old_batches_lose_their_rows_and_keep_their_counts_while_a_batch_runs(world: World) -> None:
+def test_old_batches_lose_their_rows_and_keep_their_counts_while_a_batch_runs(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     w = world
+    monkeypatch.setattr(agent_retention, "RECLAIM_AFTER", 1)  # reclaim space after every pass: VACUUM too runs
+    monkeypatch.setattr(state_retention, "RECLAIM_AFTER", 1)  # beside the running batch
     settings = w.settings.with_(keep_batches=1)
     first = w.resync()
     second = w.resync("School", "Calendar")
