@@ -29,7 +29,7 @@ from agent.store import STATE, AgentStore
 from agent.verification_steps import Verifier
 from core.brokers import Broker, Connection, Delivery, Topology
 from core.brokers.base import sender_of
-from core.retry import TRANSIENT, narrow, run_forever
+from core.retry import TRANSIENT, every, narrow, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import (
@@ -116,13 +116,7 @@ class Agent:
         """Prune what is past retention once a minute, in small steps (see ``agent.retention``)."""
         from agent.retention import prune
 
-        while not stop.wait(PRUNE_EVERY):
-            try:
-                removed = prune(self.engine, self.settings, stop.is_set)
-                if any(removed.values()):
-                    log.info("pruned past retention", **removed)
-            except Exception:  # a database that is away now: the next pass tries again
-                log.warning("pruning failed; trying again in a minute", exc_info=True)
+        every(PRUNE_EVERY, lambda: prune(self.engine, self.settings, stop.is_set), stop, "pruning")
 
     # publishing -----------------------------------------------------------------------------
 

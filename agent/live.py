@@ -126,7 +126,7 @@ class LiveSync:
                 future.result()
 
     def _book_when_confirmed(self, pub: ObjectPublisher, chunk: _Published,
-                   books: ThreadPoolExecutor) -> tuple[Future[None], set[int]]:
+                             books: ThreadPoolExecutor) -> tuple[Future[None], set[int]]:
         """Wait for the broker's confirms of ``chunk`` (by now mostly in), then write its books."""
         pub.conn.confirm(chunk.mark)
         log.debug("changes sent", records=len(chunk.events))
@@ -139,7 +139,7 @@ class LiveSync:
             live_store.sent(db, events)
 
     def _send(self, pub: ObjectPublisher, changes: list[Change]) -> list[tuple[Event, str | None]]:
-        """Publish the changes; their confirms are awaited by ``_confirmed``."""
+        """Publish the changes; their confirms are awaited by ``_book_when_confirmed``."""
         events: list[tuple[Event, str | None]] = []
         for c in changes:
             if c.object not in self.catalog:

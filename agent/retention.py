@@ -1,32 +1,31 @@
 """Retention on the district side: the per-record rows of old batches, old live outcomes, errors and alerts go;
 a batch's history (its per-object counts) stays longer.
 
-The daemon prunes in small steps (``STEP`` rows a statement, each its own short transaction), so no step holds a
-lock the agent's own writes would wait long for. Rows of a batch still queued, running or awaiting acks are
+The daemon prunes in small steps (``core.db.delete_in_steps``: each its own short transaction), so no step holds
+a lock the agent's own writes would wait long for. Rows of a batch still queued, running or awaiting acks are
 never touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, delete, select
 
 from agent.store import ACTIVE
 from agent.tables import agent_log, batch, batch_object, batch_selection, error_log, process_alert
-from core.db import reclaim
+from core.db import delete_in_steps, reclaim
 from core.settings import Settings
-from messages.envelope import canonical_ts
+from messages.envelope import ts_ago
 
-STEP = 2_000
+log = structlog.get_logger()
 RECLAIM_AFTER = 10_000
 """Rows removed from a table in one pass after which its space is reclaimed at once (``core.db.reclaim``)."""
 
 
-def _before(days: int) -> str:
-    return canonical_ts(datetime.now(UTC) - timedelta(days=days))
+DAY = 86_400.0
 
 
 def _kept_batches(conn: Any, keep: int) -> set[str]:
@@ -35,13 +34,9 @@ def _kept_batches(conn: Any, keep: int) -> set[str]:
     return newest | {b for (b,) in conn.execute(select(batch.c.batch_id).where(batch.c.status.in_(ACTIVE)))}
 
 
-def _step(engine: Engine, table: Any, where: Any) -> int:
-    """Delete up to ``STEP`` rows of ``table`` matching ``where``, oldest ids first; how many went."""
-    with engine.begin() as conn:
-        ids = [i for (i,) in conn.execute(select(table.c.id).where(where).order_by(table.c.id).limit(STEP))]
-        if ids:
-            conn.execute(delete(table).where(table.c.id.in_(ids)))
-    return len(ids)
+def _records_of(engine: Engine, b: str, stop: Callable[[], bool], removed: dict[str, int]) -> None:
+    for table in (agent_log, error_log):
+        removed[table.name] += delete_in_steps(engine, table, table.c.id, table.c.batch_id == b, stop)
 
 
 def prune(engine: Engine, settings: Settings, stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
@@ -52,32 +47,28 @@ def prune(engine: Engine, settings: Settings, stop: Callable[[], bool] = lambda:
             kept = _kept_batches(conn, settings.keep_batches)
             old = [b for (b,) in conn.execute(select(batch.c.batch_id)) if b not in kept]
         for b in old:
-            for table, key in ((agent_log, "agent_log"), (error_log, "agent_error_log")):
-                while not stop() and (n := _step(engine, table, table.c.batch_id == b)):
-                    removed[key] += n
+            _records_of(engine, b, stop, removed)
     if settings.keep_days:
-        cutoff = _before(settings.keep_days)
-        for table, key, where in (
-                (agent_log, "agent_log", agent_log.c.batch_id.is_(None) & (agent_log.c.logged_at < cutoff)),
-                (error_log, "agent_error_log", error_log.c.batch_id.is_(None) & (error_log.c.logged_at < cutoff)),
-                (process_alert, "process_alert", process_alert.c.posted < cutoff)):
-            while not stop() and (n := _step(engine, table, where)):
-                removed[key] += n
+        cutoff = ts_ago(settings.keep_days * DAY)
+        for table, where in ((agent_log, agent_log.c.batch_id.is_(None) & (agent_log.c.logged_at < cutoff)),
+                             (error_log, error_log.c.batch_id.is_(None) & (error_log.c.logged_at < cutoff)),
+                             (process_alert, process_alert.c.posted < cutoff)):
+            removed[table.name] += delete_in_steps(engine, table, table.c.id, where, stop)
     if settings.keep_history_days:
-        cutoff = _before(settings.keep_history_days)
         with engine.connect() as conn:
             kept = _kept_batches(conn, max(1, settings.keep_batches or 1))
-            old = [b for (b,) in conn.execute(select(batch.c.batch_id).where(batch.c.created_at < cutoff))
-                   if b not in kept]
+            old = [b for (b,) in conn.execute(select(batch.c.batch_id).where(
+                batch.c.created_at < ts_ago(settings.keep_history_days * DAY))) if b not in kept]
         for b in old:  # the batch itself, once its history is past keeping: its rows first
+            _records_of(engine, b, stop, removed)
             if stop():
                 break
             with engine.begin() as conn:
-                for table in (agent_log, error_log):
-                    conn.execute(delete(table).where(table.c.batch_id == b))
                 for table in (batch_object, batch_selection):
                     conn.execute(delete(table).where(table.c.batch_id == b))
                 removed["resync_batch"] += conn.execute(delete(batch).where(batch.c.batch_id == b)).rowcount
     if not stop():
         reclaim(engine, [name for name, n in removed.items() if n >= RECLAIM_AFTER])
+    if any(removed.values()):
+        log.info("pruned past retention", **removed)
     return removed

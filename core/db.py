@@ -19,6 +19,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     create_engine,
+    delete,
     event,
     func,
     literal_column,
@@ -165,6 +166,26 @@ class Listener:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+PRUNE_STEP = 2_000
+"""Rows a pruning statement removes at most: each step is its own short transaction."""
+
+
+def delete_in_steps(eng: Engine, table: Any, key: Any, where: Any, stop: Callable[[], bool] = lambda: False,
+                    scope: Any = True) -> int:
+    """Delete the rows of ``table`` matching ``where``, ``PRUNE_STEP`` at a time, lowest ``key`` first, each step
+    in its own transaction so no lock is held long; ``scope`` narrows the delete where ``key`` is unique only
+    within it. Returns how many went; stops between steps once ``stop()``."""
+    removed = 0
+    while not stop():
+        with eng.begin() as conn:
+            keys = [k for (k,) in conn.execute(select(key).where(where).order_by(key).limit(PRUNE_STEP))]
+            if not keys:
+                break
+            conn.execute(delete(table).where(key.in_(keys), scope))
+        removed += len(keys)
+    return removed
 
 
 def reclaim(eng: Engine, tables: list[str]) -> None:

@@ -67,12 +67,8 @@ def status(engine: Engine, side: Side) -> Status:
             current = "0001"  # not stamped yet: release 0.1's layout
     head = script.get_current_head()
     assert head is not None
-    return Status(current, head, [] if current is None and not _has_tables(engine, side) else
-                  _pending(script, current))
-
-
-def _has_tables(engine: Engine, side: Side) -> bool:
-    return inspect(engine).has_table(side.release_01_table)
+    # no version and no tables: a new database, which gets every table at the head rather than revisions
+    return Status(current, head, [] if current is None else _pending(script, current))
 
 
 def prepare(engine: Engine, side: Side, metadatas: list[MetaData], *, offline: bool = False) -> list[str]:

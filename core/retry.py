@@ -105,3 +105,13 @@ def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_
         if fatal is not None:
             raise fatal from None
         raise
+
+
+def every(seconds: float, step: Callable[[], object], stop: threading.Event, what: str) -> None:
+    """Call ``step`` every ``seconds`` until ``stop`` is set (housekeeping beside a daemon's work): a failure is
+    logged and the next turn tries again, so a database that is away for a while stops nothing."""
+    while not stop.wait(seconds):
+        try:
+            step()
+        except Exception:
+            log.warning(f"{what} failed; trying again in {seconds:.0f} s", exc_info=True)

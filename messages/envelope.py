@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -57,6 +57,11 @@ def stable_id(*parts: str) -> str:
 
 def now_ts() -> str:
     return canonical_ts(datetime.now(UTC))
+
+
+def ts_ago(seconds: float) -> str:
+    """The timestamp ``seconds`` ago, as ``now_ts`` writes them: what rows older than that compare below."""
+    return canonical_ts(datetime.now(UTC) - timedelta(seconds=seconds))
 
 
 def canonical_ts(when: datetime) -> str:

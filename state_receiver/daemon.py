@@ -21,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection as DbConnection
@@ -30,7 +29,7 @@ from sqlalchemy import Engine, select
 from core.brokers import Broker, Connection, Delivery, Topology
 from core.brokers.base import sender_of
 from core.db import insert
-from core.retry import narrow, permanent, run_forever
+from core.retry import every, narrow, permanent, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog
 from messages.codec import MAX_ACK_MESSAGE, MAX_ACKS, encode_acks, encode_manifest_part
@@ -43,9 +42,9 @@ from messages.envelope import (
     Marker,
     MarkerKind,
     VerifyReport,
-    canonical_ts,
     now_ts,
     stable_id,
+    ts_ago,
 )
 from messages.manifest import ENTRY
 from messages.text import clean
@@ -63,9 +62,8 @@ HELD_BYTES = 16 * 1024 * 1024
 MANIFEST_REPEAT = 600.0
 """Seconds during which a manifest request already answered is not answered again (a district that asks
 many times gets one manifest; after a receiver restart, the request is answered anew)."""
-PRUNE_EVERY = 600.0
 RETAIN_EVERY = 60.0
-"""Seconds between retention passes."""
+"""Seconds between housekeeping passes (tombstones, retention)."""
 """Seconds between prunings of the tombstones."""
 TOMBSTONE_KEEP = 86_400
 """Seconds a versioned delete is remembered. Pages read before a delete are published within seconds of it and
@@ -132,16 +130,15 @@ class Receiver:
         log.info("receiver stopped", applied=self.applied)
 
     def _retention(self, stop: threading.Event) -> None:
-        """Prune what is past retention once a minute, in small steps (see ``state_receiver.retention``)."""
+        """Housekeeping beside the work, once a minute: deletes' tombstones past a day, and what is past retention
+        (``state_receiver.retention``), in small steps."""
         from state_receiver.retention import prune
 
-        while not stop.wait(RETAIN_EVERY):
-            try:
-                removed = prune(self.engine, self.schema, self.settings, stop.is_set)
-                if any(removed.values()):
-                    log.info("pruned past retention", **removed)
-            except Exception:  # a database that is away now: the next pass tries again
-                log.warning("pruning failed; trying again in a minute", exc_info=True)
+        def step() -> None:
+            self.prune_tombstones()
+            prune(self.engine, self.schema, self.settings, stop.is_set)
+
+        every(RETAIN_EVERY, step, stop, "pruning")
 
     def _serve(self, stop: threading.Event) -> None:
         with (self.broker.connect() as conn, self.broker.connect() as out,
@@ -155,11 +152,7 @@ class Receiver:
                 self.answer(conn, deliveries, answers, out)
 
             in_hand: tuple[list[Delivery], Future[Answers]] | None = None
-            pruned = 0.0
             while not stop.is_set():
-                if time.monotonic() - pruned > PRUNE_EVERY and in_hand is None:
-                    self.prune_tombstones()
-                    pruned = time.monotonic()
                 # with a batch in hand, only what has already come: its answer waits for nothing else
                 deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
                                         max_bytes=HELD_BYTES)
@@ -180,7 +173,7 @@ class Receiver:
     def prune_tombstones(self) -> int:
         """Forget deletes applied over a day ago: a page read before a delete arrives right behind it."""
         t = self.schema.tombstones
-        cutoff = canonical_ts(datetime.now(UTC) - timedelta(seconds=TOMBSTONE_KEEP))
+        cutoff = ts_ago(TOMBSTONE_KEEP)
         with self.engine.begin() as db:
             return int(db.execute(t.delete().where(t.c.deleted_at < cutoff)).rowcount)
 

@@ -9,17 +9,18 @@ district.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, func, select
+import structlog
+from sqlalchemy import Engine, and_, select
 
-from core.db import insert_many, reclaim
+from core.db import delete_in_steps, insert_many, reclaim
 from core.settings import Settings
-from messages.envelope import MarkerKind, canonical_ts
+from messages.envelope import MarkerKind, ts_ago
+from state_receiver.requests import answered
 from state_receiver.schema import StateSchema
 
-STEP = 2_000
+log = structlog.get_logger()
 RECLAIM_AFTER = 10_000
 """Rows removed from a table in one pass after which its space is reclaimed at once (``core.db.reclaim``)."""
 ENDED = (MarkerKind.BATCH_END.value, MarkerKind.BATCH_CANCELLED.value)
@@ -44,38 +45,16 @@ def old_batches(conn: Any, schema: StateSchema, keep: int) -> list[tuple[str, st
 def _count_then_drop(engine: Engine, schema: StateSchema, district: str, batch: str,
                      stop: Callable[[], bool]) -> int:
     inbox, counts = schema.inbox, schema.batch_counts
-    of_batch = and_(inbox.c.district_id == district, inbox.c.batch_id == batch)
-    with engine.begin() as conn:  # the counts first, in the same transaction as nothing else: kept once
+    with engine.begin() as conn:  # the counts first, in a transaction of their own: kept once
         have = conn.execute(select(counts.c.object).where(counts.c.district_id == district,
                                                           counts.c.batch_id == batch)).first()
         if have is None:
-            rows = conn.execute(select(inbox.c.object, func.count(), func.sum(case((inbox.c.status == "error", 1),
-                                                                                   else_=0)))
-                                .where(of_batch).group_by(inbox.c.object)).all()
             insert_many(conn, counts, [{"district_id": district, "batch_id": batch, "object": o or "",
-                                        "processed": int(n), "errors": int(e or 0)} for o, n, e in rows])
-    removed = 0
-    while not stop():
-        with engine.begin() as conn:
-            ids = [m for (m,) in conn.execute(select(inbox.c.msg_id).where(of_batch).limit(STEP))]
-            if not ids:
-                break
-            conn.execute(delete(inbox).where(inbox.c.district_id == district, inbox.c.msg_id.in_(ids)))
-        removed += len(ids)
-    return removed
-
-
-def _drop_older(engine: Engine, table: Any, key: Any, where: Any, stop: Callable[[], bool],
-                scope: Any = True) -> int:
-    removed = 0
-    while not stop():
-        with engine.begin() as conn:
-            ids = [i for (i,) in conn.execute(select(key).where(where).limit(STEP))]
-            if not ids:
-                break
-            conn.execute(delete(table).where(key.in_(ids), scope))
-        removed += len(ids)
-    return removed
+                                        "processed": n, "errors": e}
+                                       for _, o, n, e in answered(conn, schema, district, [batch])])
+    return delete_in_steps(engine, inbox, inbox.c.msg_id,
+                           and_(inbox.c.district_id == district, inbox.c.batch_id == batch), stop,
+                           inbox.c.district_id == district)
 
 
 def prune(engine: Engine, schema: StateSchema, settings: Settings,
@@ -89,17 +68,20 @@ def prune(engine: Engine, schema: StateSchema, settings: Settings,
                 break
             removed["receiver_inbox"] += _count_then_drop(engine, schema, district, batch, stop)
     if settings.keep_days:
-        cutoff = canonical_ts(datetime.now(UTC) - timedelta(days=settings.keep_days))
+        cutoff = ts_ago(settings.keep_days * 86_400.0)
         inbox, errors, alerts = schema.inbox, schema.error_log, schema.alerts
         # live answers: by msg_id within a district, as the inbox is keyed
         with engine.connect() as conn:
             districts = [d for (d,) in conn.execute(select(inbox.c.district_id).distinct())]
         for d in districts:
-            removed["receiver_inbox"] += _drop_older(
+            removed["receiver_inbox"] += delete_in_steps(
                 engine, inbox, inbox.c.msg_id, and_(inbox.c.district_id == d, inbox.c.batch_id.is_(None),
                                                     inbox.c.received_at < cutoff), stop, inbox.c.district_id == d)
-        removed["receiver_error_log"] += _drop_older(engine, errors, errors.c.id, errors.c.logged_at < cutoff, stop)
-        removed["state_alert"] += _drop_older(engine, alerts, alerts.c.id, alerts.c.posted < cutoff, stop)
+        removed["receiver_error_log"] += delete_in_steps(engine, errors, errors.c.id, errors.c.logged_at < cutoff,
+                                                         stop)
+        removed["state_alert"] += delete_in_steps(engine, alerts, alerts.c.id, alerts.c.posted < cutoff, stop)
     if not stop():
         reclaim(engine, [name for name, n in removed.items() if n >= RECLAIM_AFTER])
+    if any(removed.values()):
+        log.info("pruned past retention", **removed)
     return removed

@@ -16,7 +16,8 @@ from agent.status import pick_objects, plan_batch, reminders, status_rows
 from agent.store import ACTIVE, STATE, AgentStore
 from core import liveness
 from core.brokers import Topology, broker_for
-from core.brokers.base import DEAD_LETTER_QUEUE
+from core.brokers.base import DEAD_LETTER_QUEUE, QueueStats
+from core.settings import Settings
 from messages.envelope import REFID
 from messages.errors import FatalError, ResyncError
 from publisher.schema import DistrictSchema
@@ -291,11 +292,7 @@ def errors(c: Ctx, limit: int, as_json: bool) -> None:
 def queue(c: Ctx, as_json: bool) -> None:
     """The district's queues (ready, unacknowledged, consumers) and what awaits an ack."""
     broker = broker_for(c.settings)
-    queues = [*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]
-    try:
-        stats = broker.queue_stats(queues)
-    except ResyncError as e:
-        raise FatalError(f"cannot read the queues: {e}") from None
+    stats = district_queues(c.settings)
     store = c.store()
     in_flight = store.in_flight()
     blocked = store.blocked()
@@ -311,6 +308,14 @@ def queue(c: Ctx, as_json: bool) -> None:
           [(r["batch_id"][:12], r["status"], r["sent"], r["processed"], r["awaiting_ack"]) for r in in_flight])
     for line in down:
         console.print(f"[bold red]Warning:[/] {line}")
+
+
+def district_queues(settings: Settings) -> list[QueueStats]:
+    """The district's queues and the dead-letter queue, as the broker counts them (also the console's Queue)."""
+    try:
+        return broker_for(settings).queue_stats([*Topology.queues(settings.district), DEAD_LETTER_QUEUE])
+    except ResyncError as e:
+        raise FatalError(f"cannot read the queues: {e}") from None
 
 
 @cli.command()

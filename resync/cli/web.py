@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from messages.errors import FatalError
 from resync.cli.app import JSON, Ctx, cli, pass_ctx
 from resync.render import console, emit_json, table, when
+
+if TYPE_CHECKING:
+    from resync.web.users import UserStore
 
 SIDE = click.option("--state", "state_side", is_flag=True, help="The state console's users (state database).")
 
@@ -55,7 +59,7 @@ def users() -> None:
     """Console users and their tool rights (view, run, delete, admin)."""
 
 
-def _store(c: Ctx, state_side: bool) -> object:
+def _store(c: Ctx, state_side: bool) -> UserStore:
     from core.db import engine
     from resync.web.users import UserStore
 
@@ -72,14 +76,13 @@ def _store(c: Ctx, state_side: bool) -> object:
 @pass_ctx
 def users_add(c: Ctx, name: str, role: str, password_stdin: bool, state_side: bool) -> None:
     """Add a console user; asks for the password (at least 8 characters)."""
-    from resync.web.users import Role, UserStore
+    from resync.web.users import Role
 
     if password_stdin or not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     store = _store(c, state_side)
-    assert isinstance(store, UserStore)
     store.add(name, Role.parse(role), password)
     console.print(f"user {name} added with the {role} right to the {'state' if state_side else 'district'} console")
 
@@ -90,10 +93,8 @@ def users_add(c: Ctx, name: str, role: str, password_stdin: bool, state_side: bo
 @pass_ctx
 def users_list(c: Ctx, state_side: bool, as_json: bool) -> None:
     """The console's users and their rights."""
-    from resync.web.users import UserStore
 
     store = _store(c, state_side)
-    assert isinstance(store, UserStore)
     rows = store.list()
     if as_json:
         return emit_json([{"name": u.name, "role": u.role.label, "created_at": u.created_at} for u in rows])
@@ -107,10 +108,8 @@ def users_list(c: Ctx, state_side: bool, as_json: bool) -> None:
 @pass_ctx
 def users_remove(c: Ctx, name: str, state_side: bool) -> None:
     """Remove a console user (their session ends at their next click)."""
-    from resync.web.users import UserStore
 
     store = _store(c, state_side)
-    assert isinstance(store, UserStore)
     if not store.remove(name):
         raise FatalError(f"no user {name!r}; `resync users list` shows them")
     console.print(f"user {name} removed")

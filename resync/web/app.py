@@ -162,10 +162,8 @@ async def to_login(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return templates.TemplateResponse(request, "error.html", {
-        "user": None, "side": request.session.get("side"), "sides": console_of(request).sides,
-        "csrf": security.csrf_token(request), "status": exc.status_code, "detail": exc.detail, "Role": Role},
-        status_code=exc.status_code)
+    return page(request, "error.html", None, request.session.get("side"), status_code=exc.status_code,
+                status=exc.status_code, detail=exc.detail)
 
 
 async def bad_value(request: Request, exc: Exception) -> Response:

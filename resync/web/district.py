@@ -151,16 +151,15 @@ async def queue(request: Request) -> Response:
     c = console_of(request)
 
     def read() -> tuple[list[Any], str | None]:
-        from core.brokers import Topology, broker_for
-        from core.brokers.base import DEAD_LETTER_QUEUE
-        from messages.errors import ResyncError
+        from messages.errors import FatalError
+        from resync.cli.district import district_queues
 
         if not c.settings.broker_url:
             return [], "the embedded default has no broker to look at: set RESYNC_BROKER_URL"
         try:
-            return broker_for(c.settings).queue_stats([*Topology.queues(c.settings.district), DEAD_LETTER_QUEUE]), None
-        except ResyncError as e:
-            return [], f"cannot read the queues: {e}"
+            return list(district_queues(c.settings)), None
+        except FatalError as e:
+            return [], str(e)
 
     stats, problem = await db(read)
     return page(request, "queue.html", who, SIDE, stats=stats, problem=problem,

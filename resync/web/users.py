@@ -113,19 +113,19 @@ class UserStore:
         with self.engine.connect() as conn:
             return [_user(r) for r in conn.execute(select(console_user).order_by(console_user.c.name))]
 
-    def get(self, name: str) -> User | None:
+    def _row(self, name: str) -> Any:
         if not 0 < len(name) <= 64 or "\x00" in name:  # no such user can exist
             return None
         with self.engine.connect() as conn:
-            r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
+            return conn.execute(select(console_user).where(console_user.c.name == name)).first()
+
+    def get(self, name: str) -> User | None:
+        r = self._row(name)
         return None if r is None else _user(r)
 
     def check(self, name: str, password: str) -> User | None:
         """The user if the password is theirs; an unknown name costs the same time as a wrong password."""
-        r = None
-        if 0 < len(name) <= 64 and "\x00" not in name:
-            with self.engine.connect() as conn:
-                r = conn.execute(select(console_user).where(console_user.c.name == name)).first()
+        r = self._row(name)
         ok = verify_password(password, r.password if r is not None else _DUMMY)
         return _user(r) if r is not None and ok else None
 
