@@ -30,7 +30,7 @@ from core.db import Listener
 from core.retry import permanent, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog, ref_column
-from messages.envelope import Action, Event, now_ts, stable_id
+from messages.envelope import Action, Event, now_ts, record_msg_id, stable_id
 from messages.text import clean
 from publisher.capture import CHANNEL
 from publisher.changes import Change, Outbox, confirmed, versioned
@@ -145,7 +145,7 @@ class LiveSync:
             if c.object not in self.catalog:
                 continue
             pub.seq += 1
-            msg_id = stable_id("live", c.object, c.ref_id, str(c.version))
+            msg_id = record_msg_id(None, c.object, c.ref_id, c.version)
             e = record_event(self.catalog, self.settings.district, msg_id, c.captured, None, pub.seq, c.object,
                              c.action, c.ref_id, c.row, c.year, c.version)
             if pub.send(e):

@@ -73,7 +73,8 @@ def settle(conn: Connection, msg_ids: Sequence[str], *, locked: bool = False) ->
     if not locked:
         _lock(conn)
     f = live_in_flight
-    query = select(f, agent_log.c.status, agent_log.c.code).join(agent_log, agent_log.c.msg_id == f.c.msg_id)
+    query = select(f, agent_log.c.status, agent_log.c.code).join(
+        agent_log, (agent_log.c.msg_id == f.c.msg_id) & agent_log.c.batch_id.is_(None))
     rows = conn.execute(query.where(one_of(f.c.msg_id, msg_ids, conn.engine), f.c.heal.is_(None))).all()
     if not rows:
         return
@@ -112,7 +113,7 @@ def _record_of(conn: Connection, msg_id: str) -> tuple[str, str] | None:
 def _heal_outcome(conn: Connection, original: str, ok: bool, day: str, name: str) -> None:
     """The record sent again after its parents: healed, or its error stands."""
     if ok:
-        conn.execute(update(agent_log).where(agent_log.c.msg_id == original).values(
+        conn.execute(update(agent_log).where(agent_log.c.msg_id == original, agent_log.c.batch_id.is_(None)).values(
             status=HEALED, description=func.coalesce(agent_log.c.description, "")
             + "; healed: its parents were sent again, then the record"))
     _count(conn, day, name, healed=1 if ok else 0, errors=0 if ok else 1)
@@ -122,7 +123,7 @@ def _heal_outcome(conn: Connection, original: str, ok: bool, day: str, name: str
 def not_healed(conn: Connection, original: str, name: str, why: str) -> None:
     """A change answered 9.1 that cannot be healed: its error stands, and the agent log says why."""
     _lock(conn)
-    conn.execute(update(agent_log).where(agent_log.c.msg_id == original).values(
+    conn.execute(update(agent_log).where(agent_log.c.msg_id == original, agent_log.c.batch_id.is_(None)).values(
         description=func.coalesce(agent_log.c.description, "") + f"; not healed: {why}"))
     _count(conn, now_ts()[:10], name, errors=1)
     conn.execute(live_in_flight.delete().where(live_in_flight.c.msg_id == original))

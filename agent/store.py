@@ -11,11 +11,12 @@ from sqlalchemy import (
     Engine,
     func,
     select,
+    text,
     update,
 )
 
 from agent import live_store
-from agent.tables import agent_log, batch, batch_object, error_log, metadata, process_alert
+from agent.tables import LOOSE, agent_log, batch, batch_object, error_log, metadata, process_alert
 from core.db import insert_many
 from core.migrations import prepare
 from messages.envelope import Ack, new_id, now_ts
@@ -112,10 +113,18 @@ class AgentStore:
                  "status": a.status, "category": a.error.category if a.error else None,
                  "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
                  "logged_at": now} for a in acks]
+        keyed = [r for r in rows if r["batch_id"] and r["object"] and r["ref_id"]]
+        loose = [r for r in rows if not (r["batch_id"] and r["object"] and r["ref_id"])]
         with self.engine.begin() as conn:
-            new = {r.msg_id for r in insert_many(
-                conn, agent_log, rows, conflict=lambda stmt: stmt.on_conflict_do_nothing(index_elements=["msg_id"]),
-                returning=[agent_log.c.msg_id])}
+            new = set()
+            if keyed:  # a batch's record is answered once: one row per record
+                new |= {r.msg_id for r in insert_many(conn, agent_log, keyed, returning=[agent_log.c.msg_id],
+                                                      conflict=lambda stmt: stmt.on_conflict_do_nothing(
+                                                          index_elements=["batch_id", "object", "ref_id"]))}
+            if loose:
+                new |= {r.msg_id for r in insert_many(conn, agent_log, loose, returning=[agent_log.c.msg_id],
+                                                      conflict=lambda stmt: stmt.on_conflict_do_nothing(
+                                                          index_elements=["msg_id"], index_where=text(LOOSE)))}
             fresh = [a for a in acks if a.msg_id in new]
             counts: dict[tuple[str, str], list[int]] = {}
             for a in fresh:

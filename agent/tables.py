@@ -54,10 +54,13 @@ batch_selection = Table(
 )
 
 _ERRORS = text("status = 'error'")
+LOOSE = "batch_id IS NULL OR object IS NULL OR ref_id IS NULL"
+"""An answer that names no record of a batch (live sync, or a message the state could not read): known by
+msg_id alone."""
 agent_log = Table(
     "agent_log", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("msg_id", String(32), nullable=False, unique=True),
+    Column("msg_id", String(32), nullable=False),
     Column("batch_id", String(32)),
     Column("object", String(64)),
     Column("ref_id", String(32)),
@@ -66,7 +69,11 @@ agent_log = Table(
     Column("code", String(8)),
     Column("description", Text),
     Column("logged_at", String(32), nullable=False),
-    Index("ix_agent_log_batch", "batch_id", "object"),
+    # one answer per record of a batch: keyed by the record, so a batch's answers, arriving in the order its
+    # records were sent (object by object, ref_id by ref_id), are appended at the end of its range of the index
+    # rather than scattered over it as msg_ids (hashes) would be
+    Index("ux_agent_log_record", "batch_id", "object", "ref_id", unique=True),
+    Index("ux_agent_log_msg_id", "msg_id", unique=True, postgresql_where=text(LOOSE), sqlite_where=text(LOOSE)),
     # the console pages the log newest first by id, filtered by batch, by object or to errors: each filter has
     # an index in id order, so a page costs the same at any depth (appends at the end of each range: cheap)
     Index("ix_agent_log_batch_id", "batch_id", "id"),

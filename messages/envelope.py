@@ -55,6 +55,13 @@ def stable_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_OID, "/".join(parts)).hex.upper()
 
 
+def record_msg_id(batch: str | None, obj: str, ref_id: str, version: int) -> str:
+    """The msg_id a record's message carries: in a batch, one per record of the batch; outside any batch (live
+    sync), one per version of the record. Derived from the record it names, so it can name no other: the state
+    keeps it in the record's own row, and needs no row per message to know a redelivery."""
+    return stable_id(batch, obj, ref_id) if batch is not None else stable_id("live", obj, ref_id, str(version))
+
+
 def now_ts() -> str:
     return canonical_ts(datetime.now(UTC))
 

@@ -20,7 +20,7 @@ from core.db import keyset_pages, one_of
 from core.tables import to_wire
 from messages.catalog import Catalog, ref_column
 from messages.codec import MAX_BODY, encode_event, encode_marker
-from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, stable_id
+from messages.envelope import Action, Event, Kind, Marker, MarkerKind, now_ts, record_msg_id, stable_id
 from messages.fields import fields
 from publisher.changes import versioned
 from publisher.schema import DistrictSchema
@@ -155,8 +155,9 @@ class ObjectPublisher:
                 if pace is not None and i % PACE_EVERY == 0:
                     pace(min(PACE_EVERY, len(page) - i))
                 self.seq += 1
-                self.send(record_event(self.catalog, self.district, stable_id(batch, name, row.ref_id), ts, batch,
-                                       self.seq, name, action, row.ref_id, row, year, row.resync_version))
+                msg_id = record_msg_id(batch, name, row.ref_id, 0)
+                self.send(record_event(self.catalog, self.district, msg_id, ts, batch, self.seq, name, action,
+                                       row.ref_id, row, year, row.resync_version))
             unconfirmed.append((self.conn.published, len(page), page[-1].ref_id))
             settle(1)
         settle(0)

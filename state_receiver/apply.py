@@ -23,7 +23,7 @@ from sqlalchemy import Connection, String, case, delete, func, literal, select, 
 from core.db import insert, insert_many, one_of
 from core.tables import from_wire
 from messages.catalog import ref_column
-from messages.envelope import Ack, Action, ErrorInfo, Event
+from messages.envelope import Ack, Action, ErrorInfo, Event, record_msg_id
 from messages.errors import Category, Code
 from messages.fields import fields
 from messages.manifest import record_digest
@@ -57,9 +57,11 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
     """Apply ``batch`` (in order) inside the caller's transaction and return one ack per message."""
     lock_district(conn, district)
     answered = _previous_answers(conn, schema, district, [i.event.msg_id for i in batch])
+    before = {m: a.status for m, (_, a) in answered.items()}  # answers given before this batch, to count once
     tombstones = _tombstones(conn, schema, district, [i.event for i in batch])
     acks: dict[int, Ack] = {}  # position in batch -> answer
     fresh: list[tuple[Incoming, Ack]] = []  # answers given for the first time, to remember
+    kept = _Kept()
     known = _Known()
     new_excluded: list[dict[str, Any]] = []
     positions = iter(range(len(batch)))
@@ -68,6 +70,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
         run = [(next(positions), item) for item in run_iter]
         events = [item.event for _, item in run]
         _learn_parents(conn, schema, district, object_name, events, known)
+        held = _held(conn, schema, district, object_name, events)
         deleted = tombstones.setdefault(object_name, {})
         obj = schema.catalog.get(object_name)
         table = schema.tables[object_name]
@@ -87,11 +90,13 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
 
         for pos, item in run:
             e = item.event
+            row_now = held.get(e.ref_id)
+            digest = record_digest(obj, e.year, e.parents, e.data)
             # 1. seen before (in an earlier batch or earlier in this one): answer the same way; the same record
             # with other content (read anew after a crash) is applied by its version like any other
             if e.msg_id in answered:
-                digest, previous = answered[e.msg_id]
-                if digest == item.digest:
+                previous_digest, previous = answered[e.msg_id]
+                if previous_digest == item.digest:
                     acks[pos] = previous
                     continue
                 if (previous.object, previous.ref_id) != (e.object, e.ref_id):
@@ -102,15 +107,21 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                         f"message {e.msg_id} was already received for another record",
                     )
                     continue
+            # ... or applied before: the record's row carries the message that last wrote it
+            elif row_now is not None and row_now.last_msg_id == e.msg_id:
+                before[e.msg_id] = "ok"
+                if (row_now.digest, row_now.version) == (digest, e.version):
+                    acks[pos] = _ok(e)
+                    continue
             # 2. deletes go together, after the changes before them and before the changes after them
             if e.action is Action.DELETE:
-                _upsert(conn, table, pending, acks, fresh)
+                _upsert(conn, table, pending, acks, fresh, kept)
                 pending = []
                 deleting.append((pos, item))
                 continue
             delete_pending()
-            # 3. read before a delete the state has applied: the record stays deleted
-            if deleted.get(e.ref_id, -1) > e.version:
+            # 3. read before a delete the state has applied, or before a newer version: the state keeps its own
+            if deleted.get(e.ref_id, -1) > e.version or (row_now is not None and (row_now.version or 0) > e.version):
                 ack = _ok(e)
             # 4. the record itself, or a parent of it, is not allowed to sync
             elif obj.excludable and e.data.get("state_exclude") is True:
@@ -133,7 +144,12 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                 ack = _missing_parent(conn, schema, district, e, missing)
             # 6. apply (together with the rest of the run)
             else:
-                pending.append((pos, item, _row(schema, district, e, now)))
+                pending.append((pos, item, _row(schema, district, e, digest, now)))
+                if e.batch is None and row_now is not None and row_now.last_msg_id not in (None, e.msg_id):
+                    # a live change takes the row from a message that may still be redelivered: its answer
+                    # must outlive the row's memory of it
+                    kept.superseded.append(_answer_row(district, row_now.last_msg_id, row_now.digest, None,
+                                                       e.object, e.ref_id, None, _ok(e), now))
                 known.present[object_name].add(e.ref_id)
                 answered[e.msg_id] = (item.digest, _ok(e))
                 continue
@@ -145,14 +161,59 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
             answered[e.msg_id] = (item.digest, ack)
             acks[pos] = ack
             fresh.append((item, ack))
-        _upsert(conn, table, pending, acks, fresh)
+        _upsert(conn, table, pending, acks, fresh, kept)
         delete_pending()
 
-    # 7. remember every new answer (the inbox makes redelivery a no-op) and log the errors
-    _record(conn, schema, district, fresh, new_excluded, now)
+    # 7. remember the answers no row carries (redelivery then gets the same answer), count each message once
+    # per batch and object, log the errors
+    fresh = list({item.event.msg_id: (item, a) for item, a in fresh}.values())  # a msg_id answered twice: once
+    _record(conn, schema, district, fresh, kept, new_excluded, now)
+    _tally(conn, schema, district, fresh, before)
     answers = [acks[pos] for pos in range(len(batch))]
     _count_live(conn, schema, district, batch, answers, now)
     return answers
+
+
+@dataclass
+class _Kept:
+    """Which answers the state rows carry after this batch, and the answers of messages a live change took a
+    row from."""
+
+    in_rows: set[str] = field(default_factory=set)
+    superseded: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _held(conn: Connection, schema: StateSchema, district: str, name: str, events: list[Event]) -> dict[str, Any]:
+    """The state's row of each record the run changes: the message that last wrote it, its digest and version."""
+    refs = {e.ref_id for e in events if e.action is not Action.DELETE}
+    if not refs:
+        return {}
+    t = schema.tables[name]
+    return {r.ref_id: r for r in conn.execute(select(t.c.ref_id, t.c.last_msg_id, t.c.digest, t.c.version).where(
+        t.c.district_id == district, one_of(t.c.ref_id, refs, conn.engine)))}
+
+
+def _tally(conn: Connection, schema: StateSchema, district: str, fresh: list[tuple[Incoming, Ack]],
+           before: dict[str, str]) -> None:
+    """Add this batch's answers to their batch's counts per object: a message answered before counts once, and
+    only a change of its answer (an error now ok, or the reverse) moves the error count."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for item, a in fresh:
+        e = item.event
+        if e.batch is None:
+            continue
+        c = counts[(e.batch, e.object)]
+        was = before.get(e.msg_id)
+        c[0] += was is None
+        c[1] += (a.status == "error") - (was == "error")
+    rows = [{"district_id": district, "batch_id": b, "object": o, "processed": n, "errors": x}
+            for (b, o), (n, x) in counts.items() if n or x]
+    if not rows:
+        return
+    t = schema.batch_counts
+    insert_many(conn, t, rows, conflict=lambda stmt: stmt.on_conflict_do_update(
+        index_elements=["district_id", "batch_id", "object"],
+        set_={"processed": t.c.processed + stmt.excluded.processed, "errors": t.c.errors + stmt.excluded.errors}))
 
 
 def _tombstones(conn: Connection, schema: StateSchema, district: str, events: list[Event]) -> dict[str, dict[str, int]]:
@@ -260,7 +321,7 @@ def _missing_parent(conn: Connection, schema: StateSchema, district: str, e: Eve
     )
 
 
-def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, Any]:
+def _row(schema: StateSchema, district: str, e: Event, digest: str, now: str) -> dict[str, Any]:
     obj = schema.catalog.get(e.object)
     row: dict[str, Any] = {"district_id": district, "ref_id": e.ref_id}
     for p in obj.references:
@@ -269,8 +330,7 @@ def _row(schema: StateSchema, district: str, e: Event, now: str) -> dict[str, An
         row["school_year"] = e.year
     for name, kind in fields(e.object):
         row[name] = from_wire(kind, e.data.get(name))
-    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now, version=e.version,
-               digest=record_digest(obj, e.year, e.parents, e.data))
+    row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now, version=e.version, digest=digest)
     return row
 
 
@@ -280,6 +340,7 @@ def _upsert(
     pending: list[tuple[int, Incoming, dict[str, Any]]],
     acks: dict[int, Ack],
     fresh: list[tuple[Incoming, Ack]],
+    kept: _Kept,
 ) -> None:
     if not pending:
         return
@@ -297,6 +358,7 @@ def _upsert(
         if seen is None or seen["version"] <= row["version"]:
             latest[row["ref_id"]] = row
     insert_many(conn, table, list(latest.values()), conflict=newer_wins)
+    kept.in_rows.update(row["last_msg_id"] for row in latest.values())
     for pos, item, _ in pending:
         acks[pos] = ack = _ok(item.event)
         fresh.append((item, ack))
@@ -387,38 +449,27 @@ def _record(
     schema: StateSchema,
     district: str,
     fresh: list[tuple[Incoming, Ack]],
+    kept: _Kept,
     new_excluded: list[dict[str, Any]],
     now: str,
 ) -> None:
-    fresh = list({item.event.msg_id: (item, a) for item, a in fresh}.values())  # a msg_id applied twice: once
-    if fresh:
-        insert_many(
-            conn,
-            schema.inbox,
-            [
-                {
-                    "district_id": district,
-                    "msg_id": a.msg_id,
-                    "digest": item.digest,
-                    "batch_id": item.event.batch,
-                    "object": item.event.object,
-                    "ref_id": item.event.ref_id,
-                    "school_year": item.event.year,
-                    "status": a.status,
-                    "category": a.error.category if a.error else None,
-                    "code": a.error.code if a.error else None,
-                    "description": a.error.desc if a.error else None,
-                    "received_at": now,
-                }
-                for item, a in fresh
-            ],
-            # a msg_id answered again for new content of its record: the answer it now gets
-            conflict=lambda stmt: stmt.on_conflict_do_update(
-                index_elements=["msg_id", "district_id"],
-                set_={c: stmt.excluded[c] for c in ("digest", "status", "category", "code", "description",
-                                                    "received_at")},
-            ),
-        )
+    """The inbox keeps the answers no row carries: errors, deletes, records the state kept its own version of,
+    and any message whose msg_id is not derived from its record (``record_msg_id``), which only the inbox can
+    tell from another record's."""
+    rows = [_answer_row(district, a.msg_id, item.digest, item.event.batch, item.event.object, item.event.ref_id,
+                        item.event.year, a, now)
+            for item, a in fresh if a.msg_id not in kept.in_rows or not _derived(item.event)]
+    if rows:
+        insert_many(conn, schema.inbox, rows,
+                    # a msg_id answered again for new content of its record: the answer it now gets
+                    conflict=lambda stmt: stmt.on_conflict_do_update(
+                        index_elements=["msg_id", "district_id"],
+                        set_={c: stmt.excluded[c] for c in ("digest", "status", "category", "code", "description",
+                                                            "received_at")}))
+    answered = {r["msg_id"] for r in rows}
+    superseded = list({r["msg_id"]: r for r in kept.superseded if r["msg_id"] not in answered}.values())
+    if superseded:
+        insert_many(conn, schema.inbox, superseded, conflict=lambda stmt: stmt.on_conflict_do_nothing())
     errors = [(item, a) for item, a in fresh if a.error is not None]
     if errors:
         log_errors(
@@ -430,6 +481,18 @@ def _record(
         )
     if new_excluded:
         insert_many(conn, schema.excluded, new_excluded, conflict=lambda stmt: stmt.on_conflict_do_nothing())
+
+
+def _derived(e: Event) -> bool:
+    return e.msg_id == record_msg_id(e.batch, e.object, e.ref_id, e.version)
+
+
+def _answer_row(district: str, msg_id: str, digest: str, batch: str | None, obj: str, ref_id: str,
+                year: int | None, a: Ack, now: str) -> dict[str, Any]:
+    return {"district_id": district, "msg_id": msg_id, "digest": digest, "batch_id": batch, "object": obj,
+            "ref_id": ref_id, "school_year": year, "status": a.status,
+            "category": a.error.category if a.error else None, "code": a.error.code if a.error else None,
+            "description": a.error.desc if a.error else None, "received_at": now}
 
 
 def log_errors(

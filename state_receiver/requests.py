@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from core.brokers import Broker, Topology
 from messages.catalog import Catalog
@@ -72,17 +72,12 @@ def _batch_totals(conn: Connection, schema: StateSchema, district: str, batch: s
 
 def answered(conn: Connection, schema: StateSchema, district: str,
              batches: list[str]) -> list[tuple[str, str, int, int]]:
-    """(batch, object, processed, errors) of ``batches``: counted from the inbox, or kept in
-    ``receiver_batch_count`` once retention removed the batch's inbox rows."""
-    t, kept = schema.inbox, schema.batch_counts
-    out = [(b, o, int(n), int(e or 0)) for b, o, n, e in conn.execute(
-        select(t.c.batch_id, t.c.object, func.count(), func.sum(case((t.c.status == "error", 1), else_=0)))
-        .where(t.c.district_id == district, t.c.batch_id.in_(batches)).group_by(t.c.batch_id, t.c.object))]
-    counted = {b for b, *_ in out}
-    out += [(b, o, n, e) for b, o, n, e in conn.execute(
+    """(batch, object, processed, errors) of ``batches``: every message answered once, counted as it was
+    answered (``receiver_batch_count``)."""
+    kept = schema.batch_counts
+    return [(b, o, n, e) for b, o, n, e in conn.execute(
         select(kept.c.batch_id, kept.c.object, kept.c.processed, kept.c.errors).where(
-            kept.c.district_id == district, kept.c.batch_id.in_(batches))) if b not in counted]
-    return out
+            kept.c.district_id == district, kept.c.batch_id.in_(batches)))]
 
 
 def district_status(engine: Engine, schema: StateSchema, catalog: Catalog, district: str, year: int,

@@ -1,5 +1,5 @@
-"""Retention on the state side: the inbox rows of old batches go once their per-object counts are kept in
-``receiver_batch_count``; live answers, errors and alerts go after a number of days.
+"""Retention on the state side: the inbox rows of old batches go (their per-object counts stay in
+``receiver_batch_count``); live answers, errors and alerts go after a number of days.
 
 Like the agent, the receiver prunes in small steps, each its own short transaction, in a thread of its own; a
 batch without its end marker (still arriving) is never touched, nor are the newest ``keep_batches`` batches of a
@@ -14,10 +14,9 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, select
 
-from core.db import delete_in_steps, insert_many, reclaim
+from core.db import delete_in_steps, reclaim
 from core.settings import Settings
 from messages.envelope import MarkerKind, ts_ago
-from state_receiver.requests import answered
 from state_receiver.schema import StateSchema
 
 log = structlog.get_logger()
@@ -42,16 +41,8 @@ def old_batches(conn: Any, schema: StateSchema, keep: int) -> list[tuple[str, st
     return [x for x in out if x in have]
 
 
-def _count_then_drop(engine: Engine, schema: StateSchema, district: str, batch: str,
-                     stop: Callable[[], bool]) -> int:
-    inbox, counts = schema.inbox, schema.batch_counts
-    with engine.begin() as conn:  # the counts first, in a transaction of their own: kept once
-        have = conn.execute(select(counts.c.object).where(counts.c.district_id == district,
-                                                          counts.c.batch_id == batch)).first()
-        if have is None:
-            insert_many(conn, counts, [{"district_id": district, "batch_id": batch, "object": o or "",
-                                        "processed": n, "errors": e}
-                                       for _, o, n, e in answered(conn, schema, district, [batch])])
+def _drop(engine: Engine, schema: StateSchema, district: str, batch: str, stop: Callable[[], bool]) -> int:
+    inbox = schema.inbox
     return delete_in_steps(engine, inbox, inbox.c.msg_id,
                            and_(inbox.c.district_id == district, inbox.c.batch_id == batch), stop,
                            inbox.c.district_id == district)
@@ -66,7 +57,7 @@ def prune(engine: Engine, schema: StateSchema, settings: Settings,
         for district, batch in old:
             if stop():
                 break
-            removed["receiver_inbox"] += _count_then_drop(engine, schema, district, batch, stop)
+            removed["receiver_inbox"] += _drop(engine, schema, district, batch, stop)
     if settings.keep_days:
         cutoff = ts_ago(settings.keep_days * 86_400.0)
         inbox, errors, alerts = schema.inbox, schema.error_log, schema.alerts

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, String, and_, delete, exists, func, literal, select
+from sqlalchemy import Connection, String, and_, delete, exists, literal, select
 
 from core.db import insert
 from messages.catalog import ref_column
@@ -75,14 +75,16 @@ def sweep_batch(conn: Connection, schema: StateSchema, district: str, batch_id: 
 def _gone(conn: Connection, schema: StateSchema, district: str, batch_id: str, name: str, year: int | None,
           count: int | None, started: str) -> str:
     """Put the object's records the batch did not send in the sweep; returns a note for the log."""
-    inbox, sw = schema.inbox, schema.sweep
-    answered = conn.execute(select(func.count()).select_from(inbox).where(
-        inbox.c.district_id == district, inbox.c.batch_id == batch_id, inbox.c.object == name)).scalar_one()
+    inbox, sw, counts = schema.inbox, schema.sweep, schema.batch_counts
+    answered = conn.execute(select(counts.c.processed).where(
+        counts.c.district_id == district, counts.c.batch_id == batch_id, counts.c.object == name)).scalar() or 0
     if count is None or answered < count:
         log.warning("object not swept: records missing", district=district, batch=batch_id, object=name,
                     answered=answered, sent=count)
         return f"not swept: {answered} of {count} records answered; "
     t = schema.tables[name]
+    # a record applied in this batch has applied_at after its start; one the batch sent and the state did
+    # not apply (refused, or kept at a newer version) has its answer in the inbox
     sent = select(inbox.c.ref_id).where(inbox.c.district_id == district, inbox.c.batch_id == batch_id,
                                         inbox.c.object == name, inbox.c.ref_id.is_not(None))
     # PostgreSQL turns NOT EXISTS into a hash anti-join; SQLite runs it per row, but indexes a NOT IN list
