@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from agent.store import AgentStore
 from core.brokers import Topology
@@ -218,7 +218,11 @@ def main() -> None:
         store = AgentStore(district)
 
         def timed_resync() -> tuple[str, float, dict[str, float]]:
-            """A full resync from `resync send --all` until every ack is counted; CPU seconds per process."""
+            """A full resync from `resync send --all` until every ack is counted; CPU seconds per process. It
+            starts on quiet databases: what the last run left to vacuum is vacuumed first, not while it runs."""
+            for db in (district, engine(env["RESYNC_STATE_DB"])):
+                with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.execute(text("VACUUM (ANALYZE)"))
             daemons = {role: cpu_seconds([p.pid]) for role, p in zip(("receiver", "agent"), procs, strict=True)}
             servers = {name: cpu_seconds(pids) for name, pids in services().items()}
             started = time.perf_counter()
@@ -281,9 +285,10 @@ def main() -> None:
             print(f"second full resync: {total / again:,.0f}/s ({elapsed / again:.0%} of the first's rate)")
         if args.beside:
             added = storage_bench.copy_to_other_districts(state, catalog, "district-1", args.beside)
-            _, beside, _ = timed_resync()
+            _, beside, beside_cpu = timed_resync()
             result.update(beside_districts=args.beside, beside_rows_added=added, beside_resync_per_s=round(
-                total / beside), beside_to_first=round(elapsed / beside, 3))
+                total / beside), beside_to_first=round(elapsed / beside, 3),
+                beside_cpu_us_per_record={k: round(v * 1e6 / total, 1) for k, v in beside_cpu.items()})
             print(f"full resync beside {args.beside} other districts ({added:,} rows): {total / beside:,.0f}/s "
                   f"({elapsed / beside:.0%} of the first's rate)")
         if args.repeat:

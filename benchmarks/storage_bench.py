@@ -47,21 +47,31 @@ def mean_event_bytes(district: Engine, catalog: Catalog, year: int, sample: int 
 
 def copy_to_other_districts(state: Engine, catalog: Catalog, district: str, others: int) -> int:
     """The state as it is when it also holds ``others`` more districts like this one: every object table's rows
-    and the inbox's, copied under other district ids. Returns the rows added."""
+    and the inbox's, copied under other district ids and RefIds. Returns the rows added."""
     schema = StateSchema(catalog)
     added = 0
     with state.begin() as conn:
         for table in [*schema.tables.values(), schema.inbox]:
             cols = [c.name for c in table.columns]
             listed = ", ".join(cols)
-            picked = ", ".join(":d" if c == "district_id" else c for c in cols)
+            # RefIds are GUIDs, unique across districts: each district's copy gets its own (the same function of
+            # the original for a record and for every reference to it)
+            picked = ", ".join(":d" if c == "district_id" else f"upper(md5({c} || :salt))" if _is_ref(c) else c
+                               for c in cols)
             for k in range(others):
                 added += conn.execute(text(f"INSERT INTO {table.name} ({listed}) SELECT {picked} FROM {table.name} "
-                                           "WHERE district_id = :src"), {"d": f"other-{k + 1}", "src": district}
+                                           "WHERE district_id = :src"),
+                                      {"d": f"other-{k + 1}", "salt": f"other-{k + 1}", "src": district}
                                       ).rowcount
+    # as a state that has held them a while: vacuumed and analyzed (else autovacuum, woken by a million new rows,
+    # would run during the measured resync)
     with state.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE"))
+        conn.execute(text("VACUUM (ANALYZE)"))
     return added
+
+
+def _is_ref(column: str) -> bool:
+    return column in ("ref_id", "msg_id", "last_msg_id") or column.endswith("_ref_id")
 
 
 def books(district: Engine, state: Engine) -> dict[str, dict[str, int]]:

@@ -33,6 +33,7 @@ from messages.catalog import Catalog, ObjectDef, ref_column
 from messages.fields import FieldType, fields
 
 REFID = String(32)
+STATE_FILLFACTOR = 50
 _TYPES: dict[FieldType, TypeEngine[Any]] = {
     "str": Text(),
     "int": BigInteger(),
@@ -70,7 +71,9 @@ def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state:
         cols.append(Column("digest", String(16)))  # of the content applied: what verify compares
         # the highest version applied (null: applied before versions, as 0): an older one is ignored
         cols.append(Column("version", BigInteger))
-    return Table(obj.table, metadata, *cols)
+    # the state rewrites every row at each resync: with room left on each page, PostgreSQL writes the new
+    # version beside the old one and touches no index (a heap-only update)
+    return Table(obj.table, metadata, *cols, **({"postgresql_with": {"fillfactor": STATE_FILLFACTOR}} if state else {}))
 
 
 def object_tables(metadata: MetaData, catalog: Catalog, *, state: bool) -> dict[str, Table]:
