@@ -73,7 +73,8 @@ def object_table(metadata: MetaData, catalog: Catalog, obj: ObjectDef, *, state:
         cols.append(Column("version", BigInteger))
     # the state rewrites every row at each resync: with room left on each page, PostgreSQL writes the new
     # version beside the old one and touches no index (a heap-only update)
-    return Table(obj.table, metadata, *cols, **({"postgresql_with": {"fillfactor": STATE_FILLFACTOR}} if state else {}))
+    storage: dict[str, Any] = {"postgresql_with": {"fillfactor": STATE_FILLFACTOR}} if state else {}
+    return Table(obj.table, metadata, *cols, **storage)
 
 
 def object_tables(metadata: MetaData, catalog: Catalog, *, state: bool) -> dict[str, Table]:
