@@ -65,6 +65,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
     known = _Known()
     new_excluded: list[dict[str, Any]] = []
     positions = iter(range(len(batch)))
+    dates = conn.dialect.name != "postgresql"  # PostgreSQL takes rows as JSON text, dates included
 
     for object_name, run_iter in groupby(batch, key=lambda i: i.event.object):
         run = [(next(positions), item) for item in run_iter]
@@ -144,7 +145,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                 ack = _missing_parent(conn, schema, district, e, missing)
             # 6. apply (together with the rest of the run)
             else:
-                pending.append((pos, item, _row(schema, district, e, digest, now)))
+                pending.append((pos, item, _row(schema, district, e, digest, now, dates=dates)))
                 if e.batch is None and row_now is not None and row_now.last_msg_id not in (None, e.msg_id):
                     # a live change takes the row from a message that may still be redelivered: its answer
                     # must outlive the row's memory of it
@@ -321,15 +322,39 @@ def _missing_parent(conn: Connection, schema: StateSchema, district: str, e: Eve
     )
 
 
-def _row(schema: StateSchema, district: str, e: Event, digest: str, now: str) -> dict[str, Any]:
-    obj = schema.catalog.get(e.object)
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How an object's message becomes its state row, worked out once per object."""
+
+    parents: tuple[tuple[str, str], ...]  # (parent object, column)
+    year_scoped: bool
+    values: tuple[str, ...]  # fields taken as they travel
+    dates: tuple[str, ...]  # date fields, which SQLite takes only as dates (PostgreSQL reads the text itself)
+
+
+def _layout(schema: StateSchema, name: str) -> _Layout:
+    layout = schema.layouts.get(name)
+    if layout is None:
+        obj = schema.catalog.get(name)
+        pairs = fields(name)
+        layout = schema.layouts[name] = _Layout(tuple((p, ref_column(p)) for p in obj.references), obj.year_scoped,
+                                                tuple(n for n, kind in pairs if kind != "date"),
+                                                tuple(n for n, kind in pairs if kind == "date"))
+    return layout
+
+
+def _row(schema: StateSchema, district: str, e: Event, digest: str, now: str, *, dates: bool) -> dict[str, Any]:
+    layout = _layout(schema, e.object)
     row: dict[str, Any] = {"district_id": district, "ref_id": e.ref_id}
-    for p in obj.references:
-        row[ref_column(p)] = e.parents[p]
-    if obj.year_scoped:
+    for p, column in layout.parents:
+        row[column] = e.parents[p]
+    if layout.year_scoped:
         row["school_year"] = e.year
-    for name, kind in fields(e.object):
-        row[name] = from_wire(kind, e.data.get(name))
+    data = e.data
+    for name in layout.values:
+        row[name] = data.get(name)
+    for name in layout.dates:
+        row[name] = from_wire("date", data.get(name)) if dates else data.get(name)
     row.update(last_msg_id=e.msg_id, source_ts=e.ts, applied_at=now, version=e.version, digest=digest)
     return row
 

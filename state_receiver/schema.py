@@ -16,6 +16,8 @@ from messages.catalog import Catalog
 class StateSchema:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.layouts: dict[str, Any] = {}
+        """How each object's message becomes its row (``apply._layout``), worked out once."""
         self.metadata = MetaData()
         self.tables: dict[str, Table] = object_tables(self.metadata, catalog, state=True)
         m = self.metadata

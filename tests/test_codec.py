@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messages import catalog as catalog_mod
 from messages.codec import (
@@ -29,6 +32,7 @@ from messages.envelope import (
     MarkerKind,
     ResyncRequest,
     new_id,
+    stable_id,
 )
 from messages.errors import Category, Code, DecodeError
 
@@ -238,3 +242,8 @@ def test_request_objects_must_be_names() -> None:
     with pytest.raises(DecodeError) as info:
         decode_request(_json(doc))
     assert (info.value.category, info.value.code) == (Category.VALIDATION, Code.BAD_FIELD)
+
+
+@given(st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=40), min_size=1, max_size=4))
+def test_stable_id_is_the_uuid5_of_its_parts(parts: list[str]) -> None:
+    assert stable_id(*parts) == uuid.uuid5(uuid.NAMESPACE_OID, "/".join(parts)).hex.upper()
