@@ -501,7 +501,8 @@ def _record(
             conn,
             schema,
             district,
-            [(item.event.msg_id, item.event.object, item.event.ref_id, a.error) for item, a in errors if a.error],
+            [(item.event.msg_id, item.event.object, item.event.ref_id, item.event.batch, a.error)
+             for item, a in errors if a.error],
             now,
         )
     if new_excluded:
@@ -524,9 +525,10 @@ def log_errors(
     conn: Connection,
     schema: StateSchema,
     district: str | None,
-    errors: list[tuple[str | None, str | None, str | None, ErrorInfo]],
+    errors: list[tuple[str | None, str | None, str | None, str | None, ErrorInfo]],
     now: str,
 ) -> None:
+    """The state's error log: (msg_id, object, ref_id, batch, error) each; retention removes a batch's with it."""
     conn.execute(
         schema.error_log.insert(),
         [
@@ -535,12 +537,13 @@ def log_errors(
                 "msg_id": msg_id,
                 "object": obj,
                 "ref_id": ref,
+                "batch_id": batch,
                 "category": err.category,
                 "code": err.code,
                 "description": clean(err.desc, 2000),
                 "extended": clean(err.extended or "", 4000),
                 "logged_at": now,
             }
-            for msg_id, obj, ref, err in errors
+            for msg_id, obj, ref, batch, err in errors
         ],
     )

@@ -37,7 +37,7 @@ from state_receiver.schema import StateSchema
 
 log = structlog.get_logger()
 Notice = Marker | VerifyReport
-Rejected = tuple[str | None, str | None, str | None, ErrorInfo]
+Rejected = tuple[str | None, str | None, str | None, str | None, ErrorInfo]  # msg_id, object, ref_id, batch
 MarkerStore = Callable[[Any, str, list[Notice], str], None]
 
 
@@ -109,7 +109,7 @@ class DistrictBatch:
         if msg_id is None and REFID.match(d.message_id or ""):
             msg_id = d.message_id
         info = ErrorInfo(int(e.category), e.code, clean(e.desc, 1000), clean(e.extended, 1000))
-        rejected.append((msg_id, None, None, info))
+        rejected.append((msg_id, None, None, named.batch if named else None, info))
         if msg_id is None or isinstance(e, SenderRefused):
             reason = f"[{int(e.category)}/{e.code}] {info.desc}" + ("" if msg_id else "; no msg_id to answer")
             out.dead.append((d, reason))
@@ -218,7 +218,7 @@ class DistrictBatch:
         log.error("record could not be applied", district=district, object=e.object, ref_id=e.ref_id,
                   msg_id=e.msg_id, error=clean(str(failure), 300))
         try:
-            self._transaction(district, [], [(e.msg_id, e.object, e.ref_id, info)], [], now)
+            self._transaction(district, [], [(e.msg_id, e.object, e.ref_id, e.batch, info)], [], now)
         except Exception as again:
             log.error("error log could not be written", district=district, error=clean(str(permanent(again)), 300))
         return Ack(e.msg_id, "error", info, e.object, e.ref_id, e.batch)

@@ -26,7 +26,8 @@ ENDED = (MarkerKind.BATCH_END.value, MarkerKind.BATCH_CANCELLED.value)
 
 
 def old_batches(conn: Any, schema: StateSchema, keep: int) -> list[tuple[str, str]]:
-    """(district, batch) past the newest ``keep`` of each district, ended, whose inbox rows are still there."""
+    """(district, batch) past the newest ``keep`` of each district, ended, whose inbox rows or errors are still
+    there."""
     mk, inbox = schema.markers, schema.inbox
     started = conn.execute(select(mk.c.district_id, mk.c.batch_id, mk.c.received_at).where(
         mk.c.kind == MarkerKind.BATCH_START.value).order_by(mk.c.received_at.desc())).all()
@@ -37,15 +38,21 @@ def old_batches(conn: Any, schema: StateSchema, keep: int) -> list[tuple[str, st
         seen[d] = seen.get(d, 0) + 1
         if seen[d] > keep and (d, b) in ended:
             out.append((d, b))
-    have = {(d, b) for d, b in conn.execute(select(inbox.c.district_id, inbox.c.batch_id).distinct())}
+    errors = schema.error_log
+    have = {(d, b) for d, b in conn.execute(select(inbox.c.district_id, inbox.c.batch_id).distinct().union(
+        select(errors.c.district_id, errors.c.batch_id).distinct()))}
     return [x for x in out if x in have]
 
 
-def _drop(engine: Engine, schema: StateSchema, district: str, batch: str, stop: Callable[[], bool]) -> int:
-    inbox = schema.inbox
-    return delete_in_steps(engine, inbox, inbox.c.msg_id,
-                           and_(inbox.c.district_id == district, inbox.c.batch_id == batch), stop,
-                           inbox.c.district_id == district)
+def _drop(engine: Engine, schema: StateSchema, district: str, batch: str,
+          stop: Callable[[], bool]) -> tuple[int, int]:
+    """The batch's inbox rows and errors; how many of each went."""
+    inbox, errors = schema.inbox, schema.error_log
+    answers = delete_in_steps(engine, inbox, inbox.c.msg_id,
+                              and_(inbox.c.district_id == district, inbox.c.batch_id == batch), stop,
+                              inbox.c.district_id == district)
+    return answers, delete_in_steps(engine, errors, errors.c.id,
+                                    and_(errors.c.district_id == district, errors.c.batch_id == batch), stop)
 
 
 def prune(engine: Engine, schema: StateSchema, settings: Settings,
@@ -57,7 +64,9 @@ def prune(engine: Engine, schema: StateSchema, settings: Settings,
         for district, batch in old:
             if stop():
                 break
-            removed["receiver_inbox"] += _drop(engine, schema, district, batch, stop)
+            answers, errors_gone = _drop(engine, schema, district, batch, stop)
+            removed["receiver_inbox"] += answers
+            removed["receiver_error_log"] += errors_gone
     if settings.keep_days:
         cutoff = ts_ago(settings.keep_days * 86_400.0)
         inbox, errors, alerts = schema.inbox, schema.error_log, schema.alerts
@@ -69,7 +78,7 @@ def prune(engine: Engine, schema: StateSchema, settings: Settings,
                 engine, inbox, inbox.c.msg_id, and_(inbox.c.district_id == d, inbox.c.batch_id.is_(None),
                                                     inbox.c.received_at < cutoff), stop, inbox.c.district_id == d)
         removed["receiver_error_log"] += delete_in_steps(engine, errors, errors.c.id, errors.c.logged_at < cutoff,
-                                                         stop)
+                                                         stop)  # errors outside batches, and of batches kept long
         removed["state_alert"] += delete_in_steps(engine, alerts, alerts.c.id, alerts.c.posted < cutoff, stop)
     if not stop():
         reclaim(engine, [name for name, n in removed.items() if n >= RECLAIM_AFTER])

@@ -96,11 +96,13 @@ class StateSchema:
             Column("msg_id", String(64)),
             Column("object", String(64)),
             Column("ref_id", String(64)),
+            Column("batch_id", REFID),  # retention removes a batch's errors with its other rows
             Column("category", Integer, nullable=False),
             Column("code", String(8), nullable=False),
             Column("description", Text, nullable=False),
             Column("extended", Text),
             Column("logged_at", String(32), nullable=False),
+            Index("ix_receiver_error_log_batch", "district_id", "batch_id"),
         )
 
         # records a finished resync found gone from the district, while they are removed

@@ -75,10 +75,12 @@ def test_old_batches_lose_their_rows_and_keep_their_counts_while_a_batch_runs(
     assert all(o["processed"] == o["sent"] == o["expected"] for o in objs.values()), objs
     assert rows(w.district, agent_log, agent_log.c.batch_id == third) == sum(o["sent"] for o in objs.values())
     # the older batches' rows are gone on both sides; their history and counts are not
+    assert rows(w.state, STATE.error_log, STATE.error_log.c.batch_id == third) > 0  # the seed's refused records
     assert removed["agent"] > 0 and removed["state"] > 0
     for old in (first, second):
         assert rows(w.district, agent_log, agent_log.c.batch_id == old) == 0
         assert rows(w.state, STATE.inbox, STATE.inbox.c.batch_id == old) == 0
+        assert rows(w.state, STATE.error_log, STATE.error_log.c.batch_id == old) == 0
         assert rows(w.district, batch, batch.c.batch_id == old) == 1
         assert rows(w.district, batch_object, batch_object.c.batch_id == old) > 0
     assert [r["processed"] for r in w.store.history(limit=3)][1:] == [
