@@ -75,10 +75,12 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
         deleted = tombstones.setdefault(object_name, {})
         obj = schema.catalog.get(object_name)
         table = schema.tables[object_name]
-        pending: list[tuple[int, Incoming, dict[str, Any]]] = []
+        pending: list[tuple[int, Incoming, dict[str, Any], Ack]] = []  # to upsert, with the answer they get
         deleting: list[tuple[int, Incoming]] = []
 
         def delete_pending(deleting: list[tuple[int, Incoming]] = deleting, deleted: dict[str, int] = deleted) -> None:
+            if not deleting:  # asked before every change: most runs have no deletes
+                return
             for (pos, item), ack in zip(deleting, _delete(conn, schema, district, deleting, now), strict=True):
                 e = item.event
                 known.present[e.object].discard(e.ref_id)
@@ -145,14 +147,15 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                 ack = _missing_parent(conn, schema, district, e, missing)
             # 6. apply (together with the rest of the run)
             else:
-                pending.append((pos, item, _row(schema, district, e, digest, now, dates=dates)))
+                ok = _ok(e)
+                pending.append((pos, item, _row(schema, district, e, digest, now, dates=dates), ok))
                 if e.batch is None and row_now is not None and row_now.last_msg_id not in (None, e.msg_id):
                     # a live change takes the row from a message that may still be redelivered: its answer
                     # must outlive the row's memory of it
                     kept.superseded.append(_answer_row(district, row_now.last_msg_id, row_now.digest, None,
                                                        e.object, e.ref_id, None, _ok(e), now))
                 known.present[object_name].add(e.ref_id)
-                answered[e.msg_id] = (item.digest, _ok(e))
+                answered[e.msg_id] = (item.digest, ok)
                 continue
             if ack.error is not None and ack.error.code in (Code.STATE_EXCLUDED, Code.UNDER_EXCLUDED):
                 known.excluded[object_name].add(e.ref_id)
@@ -362,7 +365,7 @@ def _row(schema: StateSchema, district: str, e: Event, digest: str, now: str, *,
 def _upsert(
     conn: Connection,
     table: Any,
-    pending: list[tuple[int, Incoming, dict[str, Any]]],
+    pending: list[tuple[int, Incoming, dict[str, Any], Ack]],
     acks: dict[int, Ack],
     fresh: list[tuple[Incoming, Ack]],
     kept: _Kept,
@@ -378,14 +381,14 @@ def _upsert(
         )
 
     latest: dict[str, dict[str, Any]] = {}  # one row per record: the newest version the batch holds
-    for _, _, row in pending:
+    for _, _, row, _ in pending:
         seen = latest.get(row["ref_id"])
         if seen is None or seen["version"] <= row["version"]:
             latest[row["ref_id"]] = row
     insert_many(conn, table, list(latest.values()), conflict=newer_wins)
     kept.in_rows.update(row["last_msg_id"] for row in latest.values())
-    for pos, item, _ in pending:
-        acks[pos] = ack = _ok(item.event)
+    for pos, item, _, ack in pending:
+        acks[pos] = ack
         fresh.append((item, ack))
 
 
