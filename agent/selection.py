@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from agent.store import AgentStore, PlannedObject
 from agent.tables import batch_selection
@@ -46,14 +46,17 @@ def pick(engine: Engine, catalog: Catalog, name: str, refs: list[str], *, cascad
 
 
 def queue(store: AgentStore, selection: dict[str, list[str]], *, year: int) -> str:
-    batch_id = store.queue_batch([PlannedObject(n, len(refs)) for n, refs in selection.items()], kind="selective",
-                                 year=year, check_dependencies=False, requested_by="district administrator")
-    with store.engine.begin() as conn:
+    """Queue the selection as a batch; its records are written with it, in one transaction: the daemon takes a
+    queued batch at once, and must find every chosen record there."""
+    def chosen(conn: Connection, batch_id: str) -> None:
         for name, refs in selection.items():
             for i in range(0, len(refs), CHUNK):
                 insert_many(conn, batch_selection, [{"batch_id": batch_id, "object": name, "ref_id": r}
                                                     for r in refs[i : i + CHUNK]])
-    return batch_id
+
+    return store.queue_batch([PlannedObject(n, len(refs)) for n, refs in selection.items()], kind="selective",
+                             year=year, check_dependencies=False, requested_by="district administrator",
+                             with_batch=chosen)
 
 
 def chunks(engine: Engine, batch_id: str, name: str, after: str) -> Iterator[list[str]]:

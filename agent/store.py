@@ -4,10 +4,12 @@ every batch), per-object counts, the agent log (one final outcome per record) an
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     func,
     select,
@@ -50,7 +52,10 @@ class AgentStore:
 
     def queue_batch(self, objects: list[PlannedObject], *, kind: str, year: int, check_dependencies: bool,
                     initiator: str = "district", requested_by: str = "district administrator",
-                    request_id: str | None = None, max_rate: int | None = None, delta: bool = False) -> str:
+                    request_id: str | None = None, max_rate: int | None = None, delta: bool = False,
+                    with_batch: Callable[[Connection, str], None] | None = None) -> str:
+        """Queue a batch of ``objects``; ``with_batch`` writes what else the batch needs (a selection's records)
+        in the same transaction, so the daemon never sees the batch without it."""
         batch_id = new_id()
         now = now_ts()
         with self.engine.begin() as conn:
@@ -63,6 +68,8 @@ class AgentStore:
                     {"batch_id": batch_id, "object": o.name, "position": i, "school_year": year,
                      "expected": o.expected, "sent": 0, "processed": 0, "errors": 0, "last_ref_id": ""}
                     for i, o in enumerate(objects)])
+            if with_batch is not None:
+                with_batch(conn, batch_id)
         return batch_id
 
     def next_batch(self) -> dict[str, Any] | None:

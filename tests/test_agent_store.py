@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from sqlalchemy import Engine
 
 from agent.store import AgentStore, PlannedObject
@@ -43,3 +46,24 @@ def test_the_log_pages_by_id(db: Engine) -> None:
     every = [r["id"] for r in store.log(limit=1000)]
     wanted = [i for i in every if i % 2 and i % 3 == 0]  # ids follow insertion order from 1
     assert seen == wanted and len(seen) == len(set(seen)) == 17
+
+
+def test_a_selective_batch_is_never_seen_without_its_records(db: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon takes a queued batch at once: it must never find a selective batch whose chosen records are not
+    written yet (it would send none of them and call the batch complete)."""
+    from agent import selection
+
+    store = AgentStore(db)
+    store.create()
+    seen_meanwhile = []
+    write = selection.insert_many
+
+    def watched(conn: Any, table: Any, rows: Any, **kw: Any) -> Any:
+        seen_meanwhile.append(AgentStore(db).next_batch())  # another connection: what the daemon sees now
+        return write(conn, table, rows, **kw)
+
+    monkeypatch.setattr(selection, "insert_many", watched)
+    batch_id = selection.queue(store, {"School": ["A" * 32, "B" * 32], "Calendar": ["C" * 32]}, year=2027)
+    assert seen_meanwhile == [None, None]
+    assert (store.next_batch() or {}).get("batch_id") == batch_id
+    assert [r for c in selection.chunks(db, batch_id, "School", "") for r in c] == ["A" * 32, "B" * 32]
