@@ -9,8 +9,10 @@ them in packed ack messages, waits for the broker's confirm, then acknowledges t
 receiver keeps. ``--db state`` adds the state's one write per record: the delivery batch upserted in one
 statement into a table shaped like a state object table (the same key, indexes and fillfactor), in one
 transaction before the acks; ``--db both`` adds the agent log's row per record as well (the same keys and
-indexes), one statement per ack message. No validation, parent checks, counts, digests or logging: what is left
-is what the contract and the storage design cost, which resync cannot go below on this machine.
+indexes), one statement per ack message; ``--checks`` has the state side decode each event with the receiver's
+codec, every field checked (the district side always decodes the acks with it). No parent checks, counts,
+digests or logging: what is left is what the contract and the storage design cost (with ``--checks``, and
+what no hostile message may get past), which resync cannot go below on this machine.
 
 It prints one JSON line: the rate, its ratio to the raw round trip (one publisher, one consumer, no answers),
 and CPU microseconds per record of each process, RabbitMQ and PostgreSQL.
@@ -35,8 +37,9 @@ import psycopg
 
 from core.brokers import Topology
 from core.brokers.rabbitmq import RabbitBroker
-from messages.codec import MAX_ACKS, decode_acks, encode_acks
-from messages.envelope import Ack, AckPack, Kind, new_id, now_ts
+from messages import catalog as catalog_mod
+from messages.codec import MAX_ACKS, decode_acks, decode_event, encode_acks
+from messages.envelope import Ack, AckPack, Event, Kind, new_id, now_ts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resync_bench import cpu_seconds, raw_round_trip, services
@@ -83,17 +86,18 @@ def bodies(n: int, size: int) -> list[tuple[str, bytes]]:
         ref = f"{i:08X}{uuid.uuid4().hex.upper()[8:]}"  # in the order a resync reads them: by ref_id
         doc: dict[str, Any] = {"v": 1, "msg_id": new_id(), "ts": ts, "source": DISTRICT, "batch": batch, "seq": i,
                                "object": "School", "action": "change", "ref_id": ref, "year": None,
-                               "parents": {"School": school}, "ver": 0,
-                               "data": {"name": "x", "code": "c", "kind": "k", "phone": "p", "address": "a",
-                                        "city": "c", "zip": "z"}}
+                               "parents": {"District": school}, "ver": 0,
+                               "data": {"name": "x", "state_school_number": "1", "school_type": "k",
+                                        "address": "a"}}
         pad = size - len(orjson.dumps(doc))
         doc["data"]["address"] = "a" * max(1, pad)
         out.append((doc["msg_id"], orjson.dumps(doc)))
     return out
 
 
-def state_side(url: str, dsn: str | None, n: int, ready: Any) -> None:
+def state_side(url: str, dsn: str | None, n: int, ready: Any, checks: bool) -> None:
     broker = RabbitBroker(url)
+    catalog = catalog_mod.load()
     db = psycopg.connect(dsn) if dsn else None
     with broker.connect() as conn, broker.connect() as out:
         conn.consume(Topology.events(DISTRICT), prefetch=3 * BATCH)
@@ -103,10 +107,13 @@ def state_side(url: str, dsn: str | None, n: int, ready: Any) -> None:
             got = conn.fetch(BATCH, timeout=60)
             if not got:
                 raise SystemExit(f"state side: saw {done} of {n} records")
-            docs = [orjson.loads(d.body) for d in got]
+            if checks:  # every field checked as the receiver checks it (the codec), then used as a dict
+                docs = [_as_doc(decode_event(d.body, catalog)) for d in got]
+            else:
+                docs = [orjson.loads(d.body) for d in got]
             if db is not None:
                 now = now_ts()
-                rows = [{"district_id": DISTRICT, "ref_id": d["ref_id"], "school_ref_id": d["parents"]["School"],
+                rows = [{"district_id": DISTRICT, "ref_id": d["ref_id"], "school_ref_id": d["parents"]["District"],
                          **d["data"], "last_msg_id": d["msg_id"], "source_ts": d["ts"], "applied_at": now,
                          "digest": d["msg_id"][:16], "version": d["ver"]} for d in docs]
                 with db.transaction():
@@ -118,6 +125,11 @@ def state_side(url: str, dsn: str | None, n: int, ready: Any) -> None:
             out.flush()
             conn.ack(got[-1].delivery_tag, multiple=True)
             done += len(got)
+
+
+def _as_doc(e: Event) -> dict[str, Any]:
+    return {"msg_id": e.msg_id, "ts": e.ts, "object": e.object, "ref_id": e.ref_id, "batch": e.batch,
+            "parents": e.parents, "data": e.data, "ver": e.version}
 
 
 def count_acks(url: str, dsn: str | None, n: int, counted: list[int], ready: threading.Event) -> None:
@@ -145,6 +157,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--size", type=int, default=455, help="mean message body in bytes (the seeded district's)")
     ap.add_argument("--db", choices=("none", "state", "both"), default="state")
+    ap.add_argument("--checks", action="store_true",
+                    help="the state side decodes each event with the receiver's codec (every field checked)")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
     args = ap.parse_args()
@@ -167,7 +181,7 @@ def main() -> None:
         ctx = multiprocessing.get_context("spawn")
         state_ready = ctx.Event()
         state = ctx.Process(target=state_side, args=(url, dsn if args.db != "none" else None, args.records,
-                                                      state_ready))
+                                                      state_ready, args.checks))
         state.start()
         state_ready.wait(30)
         counted, acks_ready = [0], threading.Event()
@@ -188,7 +202,8 @@ def main() -> None:
                  **{k: cpu_seconds(v) for k, v in services().items()}}
         state.join(60)
         rate = args.records / elapsed
-        print(json.dumps({"records": args.records, "db": args.db, "raw_round_trip_per_s": round(raw),
+        print(json.dumps({"records": args.records, "db": args.db, "checks": args.checks,
+                          "raw_round_trip_per_s": round(raw),
                           "floor_per_s": round(rate), "ratio_to_raw": round(rate / raw, 3),
                           "cpu_us_per_record": {k: round((after[k] - before[k]) * 1e6 / args.records, 1)
                                                 for k in after}}))
