@@ -120,8 +120,10 @@ class AgentStore:
                  "status": a.status, "category": a.error.category if a.error else None,
                  "code": a.error.code if a.error else None, "description": a.error.desc if a.error else None,
                  "logged_at": now} for a in acks]
-        keyed = [r for r in rows if r["batch_id"] and r["object"] and r["ref_id"]]
-        loose = [r for r in rows if not (r["batch_id"] and r["object"] and r["ref_id"])]
+        keyed: list[dict[str, Any]] = []  # a record of a batch: known by it
+        loose: list[dict[str, Any]] = []  # anything else (agent_log's LOOSE): known by msg_id
+        for r in rows:
+            (keyed if r["batch_id"] and r["object"] and r["ref_id"] else loose).append(r)
         with self.engine.begin() as conn:
             new = set()
             if keyed:  # a batch's record is answered once: one row per record

@@ -94,7 +94,8 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
         for pos, item in run:
             e = item.event
             row_now = held.get(e.ref_id)
-            digest = record_digest(obj, e.year, e.parents, e.data)
+            # what the state row would hold; a delete writes no row
+            digest = "" if e.action is Action.DELETE else record_digest(obj, e.year, e.parents, e.data)
             # 1. seen before (in an earlier batch or earlier in this one): answer the same way; the same record
             # with other content (read anew after a crash) is applied by its version like any other
             if e.msg_id in answered:
@@ -153,7 +154,7 @@ def apply(conn: Connection, schema: StateSchema, district: str, batch: list[Inco
                     # a live change takes the row from a message that may still be redelivered: its answer
                     # must outlive the row's memory of it
                     kept.superseded.append(_answer_row(district, row_now.last_msg_id, row_now.digest, None,
-                                                       e.object, e.ref_id, None, _ok(e), now))
+                                                       e.object, e.ref_id, None, ok, now))
                 known.present[object_name].add(e.ref_id)
                 answered[e.msg_id] = (item.digest, ok)
                 continue
