@@ -195,3 +195,37 @@ def test_a_header_table_the_consumer_could_not_decode_never_reaches_a_queue(rabb
         kind, payload = _read_frame(sock)
         assert (kind, payload[:4]) == (1, struct.pack(">HH", 10, 50)), payload  # connection.close from the broker
     assert [s.ready for s in broker.queue_stats([Topology.events("d1")])] == [0]
+
+
+def test_a_released_queue_goes_to_the_waiting_consumer_in_order(broker: Broker) -> None:
+    """Handing a district to another receiver: what the first held comes back ahead of everything after it,
+    the waiting consumer (RabbitMQ's single active consumer) takes over, and the first keeps its other queues."""
+    broker.declare_district("d1")
+    broker.declare_district("d2")
+    queue, other = Topology.events("d1"), Topology.events("d2")
+    _publish(broker, 30, queue)
+    _publish(broker, 3, other)
+    with broker.connect() as first, broker.connect() as second:
+        first.consume(queue, prefetch=10)
+        first.consume(other, prefetch=10)
+        got = _take(first, 13)
+        mine = [d for d in got if d.queue == queue]
+        first.ack(mine[2].delivery_tag, multiple=True)  # three are done; the rest it holds are not
+        held = len(mine) - 3
+        assert sorted(first.consuming()) == sorted([queue, other])
+        second.consume(queue, prefetch=100)
+        if isinstance(broker, RabbitBroker):  # a standby gets nothing while the first is active
+            assert second.fetch(10, timeout=0.5) == []
+        first.release(queue)
+        assert first.consuming() == [other]
+        taken = _take(second, 27)
+        assert [d.body for d in taken] == [f'{{"n": {i}}}'.encode() for i in range(3, 30)]
+        # those it held come back marked (so did any the broker had sent on and it had not fetched yet)
+        assert all(d.redelivered for d in taken[:held]) and not taken[-1].redelivered
+        second.ack(taken[-1].delivery_tag, multiple=True)
+        # the other queue's deliveries are still the first's to acknowledge
+        theirs = [d for d in got if d.queue == other]
+        theirs += _take(first, 3 - len(theirs))
+        assert {d.queue for d in theirs} == {other}
+        first.ack(theirs[-1].delivery_tag, multiple=True)
+    assert [s.ready for s in broker.queue_stats([queue, other])] == [0, 0]

@@ -141,6 +141,20 @@ class Connection(abc.ABC):
         bytes is not kept (see ``Delivery.dropped``)."""
 
     @abc.abstractmethod
+    def release(self, queue: str) -> None:
+        """Stop consuming ``queue``: what it delivered and was not acknowledged goes back to the head of the queue,
+        in order, and the next consumer waiting on it (a single active consumer's standby) takes over from there.
+        Deliveries of ``queue`` not yet fetched are let go with it."""
+
+    def prefetch(self, queue: str, prefetch: int) -> None:
+        """Change how many unacknowledged deliveries ``queue``'s consumer may hold."""
+        return None
+
+    @abc.abstractmethod
+    def consuming(self) -> list[str]:
+        """The queues this connection consumes."""
+
+    @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Delivery]:
         """Deliveries received on every consumed queue, waiting up to ``timeout`` for the first; stops at
         ``max_count`` deliveries or ``max_bytes`` of bodies, and reads no more from the broker meanwhile."""

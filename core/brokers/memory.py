@@ -129,6 +129,28 @@ class MemoryConnection(Connection):
             q.consumers += 1
             self._consuming.append(q)
 
+    def release(self, queue: str) -> None:
+        self._check()
+        with self.broker.cond:
+            q = next((c for c in self._consuming if c.name == queue), None)
+            if q is None:
+                return
+            self._consuming.remove(q)
+            q.consumers -= 1
+            self._requeue([t for t, (held, _) in self._pending.items() if held is q])
+            self.broker.cond.notify_all()
+
+    def consuming(self) -> list[str]:
+        return [q.name for q in self._consuming]
+
+    def _requeue(self, tags: list[int]) -> None:
+        """Put the deliveries ``tags`` back at the head of their queues, in the order they were taken."""
+        for tag in sorted(tags, reverse=True):
+            q, m = self._pending.pop(tag)
+            q.unacked -= 1
+            m.redelivered = True
+            q.messages.appendleft(m)
+
     def fetch(self, max_count: int, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Delivery]:
         self._check()
         deadline = time.monotonic() + timeout
@@ -176,11 +198,7 @@ class MemoryConnection(Connection):
             if self._closed:
                 return
             self._closed = True
-            for q, m in reversed(list(self._pending.values())):
-                q.unacked -= 1
-                m.redelivered = True
-                q.messages.appendleft(m)
-            self._pending.clear()
+            self._requeue(list(self._pending))
             for q in self._consuming:
                 q.consumers -= 1
             self.broker.cond.notify_all()

@@ -84,7 +84,7 @@ class RabbitBroker(Broker):
             params = self.parameters()
         except (OSError, ValueError) as e:  # a CA or certificate file that cannot be read
             raise ConfigError(f"RESYNC_BROKER_CA_FILE / _CERT_FILE / _KEY_FILE: {e}") from None
-        return RabbitConnection(params, self.user, self.describe())
+        return RabbitConnection(params, self.user, self.describe(), name=self.name)
 
     def declare_district(self, district: str) -> None:
         try:

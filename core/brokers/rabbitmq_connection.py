@@ -4,12 +4,19 @@ Publishes are buffered by pika and written when the loop runs (``_FLUSH_BYTES``)
 arrive, and ``publish`` waits only when more than ``_WINDOW`` messages or ``_WINDOW_BYTES`` are unconfirmed.
 Deliveries are kept as they arrive until ``fetch`` hands them out; a body over the consumer's limit is let go at
 once, keeping only its size.
+
+Each consumed queue has a channel of its own, with its own prefetch: a queue that floods takes only its own
+credit, and ``release`` can give one queue back (closing its channel returns what it held to the queue's head
+and lets the broker's next single active consumer take over, in one step, so no later message overtakes
+them). Delivery tags handed out are the connection's own, counted across channels.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -34,8 +41,20 @@ _FLUSH_BYTES = 128 * 1024  # publishes are handed to the socket about this often
 _CONFIRM_TIMEOUT = 60.0  # without an alarm, longer means the broker is gone; during one, pika's own timeout
 
 
+@dataclass
+class _Consumer:
+    queue: str
+    channel: Any
+    tag: str
+    unacked: deque[tuple[int, int]] = field(default_factory=deque)
+    """(the connection's delivery tag, the channel's), oldest first."""
+    releasing: bool = False
+
+
 class RabbitConnection(LoopedChannel, Connection):
-    def __init__(self, params: pika.ConnectionParameters, user: str, where: str, open_timeout: float = 30.0) -> None:
+    def __init__(self, params: pika.ConnectionParameters, user: str, where: str, open_timeout: float = 30.0,
+                 name: str = "resync") -> None:
+        self.name = name
         self.published = 0
         self._confirmed = 0
         self._sizes: deque[tuple[int, int]] = deque()  # (tag, bytes published up to it), unconfirmed
@@ -44,19 +63,22 @@ class RabbitConnection(LoopedChannel, Connection):
         self._buffer: deque[Delivery] = deque()
         self._held = 0
         self._max_body = DEFAULT_MAX_BODY
-        self._prefetch = -1
-        self._queues: dict[str, str] = {}  # consumer tag -> queue
+        self._consumers: dict[str, _Consumer] = {}  # queue -> its consumer
+        self._tags = itertools.count(1)
         self._props = BasicProperties(content_type="application/json", delivery_mode=2, user_id=user)
         super().__init__(params, user, where, open_timeout)
 
     def _prepare(self, channel: Any, ready: Callable[[Any], None]) -> None:
         channel.add_on_return_callback(self._on_return)
-        channel.add_on_cancel_callback(self._on_cancel)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=ready)
 
-    def _on_cancel(self, frame: Any) -> None:
-        queue = self._queues.get(frame.method.consumer_tag, "?")
-        self._fail(ConnectionClosed(f"{self.where} cancelled the consumer of {queue} (was the queue deleted?)"))
+    def _on_cancel(self, consumer: _Consumer) -> None:
+        self._fail(ConnectionClosed(f"{self.where} cancelled the consumer of {consumer.queue} (was the queue "
+                                    "deleted?)"))
+
+    def _on_consumer_closed(self, consumer: _Consumer, reason: BaseException) -> None:
+        if not consumer.releasing and not self._closed:
+            self._on_channel_closed(consumer.channel, reason)
 
     # publishing -----------------------------------------------------------------------------
 
@@ -121,19 +143,45 @@ class RabbitConnection(LoopedChannel, Connection):
     def consume(self, queue: str, *, prefetch: int, max_body: int = DEFAULT_MAX_BODY) -> None:
         """``max_body`` holds for the whole connection (the last call's value)."""
         self._max_body = max_body
-        if prefetch != self._prefetch:
-            self._rpc("basic.qos", lambda cb: self._channel.basic_qos(prefetch_count=prefetch, callback=cb))
-            self._prefetch = prefetch
-        tag = f"resync.{queue}.{id(self):x}"
-        self._queues[tag] = queue
-        self._rpc(f"the consumer of {queue}", lambda cb: self._channel.basic_consume(
-            queue, self._on_message, consumer_tag=tag, callback=cb))
+        if queue in self._consumers:
+            return
+        channel = self._rpc(f"a channel for {queue}", lambda cb: self._conn.channel(on_open_callback=cb))
+        consumer = _Consumer(queue, channel, f"{self.name}:{queue}")
+        channel.add_on_close_callback(lambda _ch, reason: self._on_consumer_closed(consumer, reason))
+        channel.add_on_cancel_callback(lambda _frame: self._on_cancel(consumer))
+        self._consumers[queue] = consumer
+        self._rpc("basic.qos", lambda cb: channel.basic_qos(prefetch_count=prefetch, callback=cb))
+        self._rpc(f"the consumer of {queue}", lambda cb: channel.basic_consume(
+            queue, lambda _ch, method, props, body: self._on_message(consumer, method, props, body),
+            consumer_tag=consumer.tag, callback=cb))
 
-    def _on_message(self, _channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
+    def prefetch(self, queue: str, prefetch: int) -> None:
+        consumer = self._consumers[queue]
+        self._rpc("basic.qos", lambda cb: consumer.channel.basic_qos(prefetch_count=prefetch, callback=cb))
+
+    def release(self, queue: str) -> None:
+        consumer = self._consumers.pop(queue, None)
+        if consumer is None:
+            return
+        kept = deque(d for d in self._buffer if d.queue != queue)
+        self._held -= sum(len(d.body) for d in self._buffer if d.queue == queue)
+        self._buffer = kept
+        consumer.releasing = True
+        if consumer.channel.is_open:
+            self._call(consumer.channel.close)
+            if not self._run(lambda: consumer.channel.is_closed, 30.0):
+                raise ConnectionClosed(f"{self.where} did not close the channel of {queue} in 30s")
+
+    def consuming(self) -> list[str]:
+        return list(self._consumers)
+
+    def _on_message(self, consumer: _Consumer, method: Any, props: BasicProperties, body: bytes) -> None:
         size = len(body)
         dropped = size if size > self._max_body else 0  # an over-size body is let go: only its size is kept
-        self._buffer.append(_delivery(b"" if dropped else body, method, self._queues.get(method.consumer_tag, ""),
-                                      props, dropped))
+        tag = next(self._tags)
+        consumer.unacked.append((tag, method.delivery_tag))
+        self._buffer.append(_delivery(b"" if dropped else body, tag, consumer.queue, props,
+                                      bool(method.redelivered), dropped))
         self._held += size - dropped
         self._wake()
 
@@ -161,11 +209,23 @@ class RabbitConnection(LoopedChannel, Connection):
         return out
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
-        self._call(self._channel.basic_ack, delivery_tag, multiple=multiple)
+        for consumer in self._consumers.values():
+            unacked, last = consumer.unacked, None
+            if multiple:
+                while unacked and unacked[0][0] <= delivery_tag:
+                    last = unacked.popleft()[1]
+            else:
+                for i, (tag, theirs) in enumerate(unacked):
+                    if tag == delivery_tag:
+                        last = theirs
+                        del unacked[i]
+                        break
+            if last is not None:
+                self._call(consumer.channel.basic_ack, last, multiple=multiple)
         self._turn()
 
 
-def _delivery(body: bytes, method: Any, queue: str, props: BasicProperties, dropped: int) -> Delivery:
+def _delivery(body: bytes, tag: int, queue: str, props: BasicProperties, redelivered: bool, dropped: int) -> Delivery:
     """A delivery with its properties as text. pika hands over a short string that is not UTF-8 as bytes; such a
     message is marked unreadable, with no properties (the daemons set it aside)."""
     message_id, user_id, kind, headers = props.message_id, props.user_id, props.type, props.headers
@@ -173,11 +233,10 @@ def _delivery(body: bytes, method: Any, queue: str, props: BasicProperties, drop
         headers = {}
     if (message_id is None or type(message_id) is str) and (user_id is None or type(user_id) is str) \
             and (kind is None or type(kind) is str):
-        return Delivery(body, method.delivery_tag, queue, message_id, user_id, kind, bool(method.redelivered),
-                        headers, dropped)
+        return Delivery(body, tag, queue, message_id, user_id, kind, redelivered, headers, dropped)
     raw = [name for name, v in (("message_id", message_id), ("user_id", user_id), ("type", kind))
            if v is not None and not isinstance(v, str)]
-    return Delivery(body, method.delivery_tag, queue, None, None, None, bool(method.redelivered), headers, dropped,
+    return Delivery(body, tag, queue, None, None, None, redelivered, headers, dropped,
                     f"its AMQP properties ({', '.join(raw)}) are not UTF-8")
 
 
