@@ -15,6 +15,9 @@ from core.brokers.base import check_district
 from messages.codec import MAX_MESSAGE
 from messages.errors import ConfigError
 
+QUEUE_TYPES = ("classic", "quorum")
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
 
 def current_school_year(today: dt.date | None = None) -> int:
     """School years are named by the calendar year they end in: 2026-27 is 2027."""
@@ -87,6 +90,13 @@ class Settings:
     """Live outcomes, errors and alerts are kept N days; 0: forever."""
     keep_history_days: int = 0
     """Batch history (per-object counts) is kept N days; 0: forever."""
+    receiver_name: str | None = None
+    """This receiver's name among those sharing the state database (default: host name and process id)."""
+    queue_type: str = "classic"
+    """``classic``, or ``quorum`` for queues replicated across a RabbitMQ cluster."""
+    metrics_port: int = 0
+    """Port of the daemon's Prometheus metrics, /healthz and /readyz (0: not served)."""
+    metrics_host: str = "127.0.0.1"
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     web_secret: str | None = None
@@ -110,7 +120,7 @@ class Settings:
         if get("HOME"):
             values["home"] = Path(get("HOME"))
         for key in ("broker_url", "management_url", "district_db", "state_db", "district", "state_user", "web_host",
-                    "web_secret"):
+                    "web_secret", "receiver_name", "metrics_host"):
             if get(key.upper()):
                 values[key] = get(key.upper())
         if get("DISTRICTS"):
@@ -120,7 +130,7 @@ class Settings:
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
         for key in ("school_year", "max_body", "max_in_flight", "heartbeat", "web_port", "keep_batches", "keep_days",
-                    "keep_history_days"):
+                    "keep_history_days", "metrics_port"):
             raw = get(key.upper())
             if raw:
                 try:
@@ -142,6 +152,8 @@ class Settings:
             if flag not in ("true", "false", "1", "0", "yes", "no"):
                 raise ConfigError(f"RESYNC_WEB_SECURE_COOKIES={get('WEB_SECURE_COOKIES')!r}: use true or false")
             values["web_secure_cookies"] = flag in ("true", "1", "yes")
+        if get("QUEUE_TYPE"):
+            values["queue_type"] = get("QUEUE_TYPE").lower()
         if get("SYNC_YEARS"):
             years = frozenset(y.lower() for y in items("SYNC_YEARS"))
             if not years <= {"previous", "next"}:
@@ -170,6 +182,15 @@ class Settings:
                                   "or 0 to keep forever")
         if not 1 <= settings.web_port <= 65535:
             raise ConfigError(f"RESYNC_WEB_PORT={settings.web_port} is out of range: use 1 to 65535")
+        if not 0 <= settings.metrics_port <= 65535:
+            raise ConfigError(f"RESYNC_METRICS_PORT={settings.metrics_port} is out of range: use 1 to 65535, or 0 "
+                              "not to serve metrics")
+        if settings.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"RESYNC_QUEUE_TYPE={settings.queue_type!r} is not a queue type: use classic, or "
+                              "quorum on a RabbitMQ cluster")
+        if settings.receiver_name is not None and not _NAME.match(settings.receiver_name):
+            raise ConfigError(f"RESYNC_RECEIVER_NAME={settings.receiver_name[:80]!r} is not a name: use 1-128 "
+                              "letters, digits, '.', '-' or '_'")
         if settings.broker_url and not settings.broker_url.startswith("memory://"):
             _check_broker_url(settings.broker_url)
         check_district(settings.district)

@@ -51,6 +51,7 @@ from messages.text import clean
 from messages.validate import MAX_PARSED
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
+from state_receiver.membership import BEAT, Membership, default_name
 from state_receiver.requests import on_markers
 from state_receiver.schema import StateSchema
 from state_receiver.sweep import sweep_batch
@@ -68,6 +69,8 @@ RETAIN_EVERY = 60.0
 TOMBSTONE_KEEP = 86_400
 """Seconds a versioned delete is remembered. Pages read before a delete are published within seconds of it and
 sit right behind it in the queue, so a day is far more than they need."""
+MIN_PREFETCH = 500
+"""Deliveries each district's queue may have in hand at least, however many districts a receiver consumes."""
 PACK_BYTES = MAX_ACK_MESSAGE
 """An ack message stays well under the broker's message-size limit, however long the errors' texts."""
 
@@ -108,6 +111,9 @@ class Receiver:
         self.schema = StateSchema(catalog)
         self.prefetch, self.batch_size = prefetch, batch_size
         self.districts = settings.receiver_districts
+        self.name = settings.receiver_name or default_name()
+        self.consuming: set[str] = set()
+        """The districts whose event queues this receiver consumes now."""
         self.applied = 0
         self.batch = DistrictBatch(settings, engine, self.schema, catalog, self._markers)
         self._manifested: dict[tuple[str, str], float] = {}  # (district, request) -> when answered
@@ -119,7 +125,7 @@ class Receiver:
 
     def run(self, stop: threading.Event) -> None:
         run_forever(self.setup, stop, "start-up")
-        log.info("receiver started", districts=list(self.districts), broker=self.broker.describe())
+        log.info("receiver started", receiver=self.name, districts=list(self.districts), broker=self.broker.describe())
         pruning = threading.Thread(target=self._retention, args=(stop,), name="retention", daemon=True)
         pruning.start()
         try:
@@ -141,34 +147,60 @@ class Receiver:
         every(RETAIN_EVERY, step, stop, "pruning")
 
     def _serve(self, stop: threading.Event) -> None:
+        membership = Membership(self.engine, self.schema, self.name, self.districts)
         with (self.broker.connect() as conn, self.broker.connect() as out,
               ThreadPoolExecutor(1, thread_name_prefix="apply") as worker):
-            for d in self.districts:
-                conn.consume(Topology.events(d), prefetch=self.prefetch,
-                             # larger than any message it reads, and than it reads to name a refusal
-                             max_body=max(self.settings.max_body, MAX_PARSED))
 
             def answer(deliveries: list[Delivery], answers: Answers) -> None:
                 self.answer(conn, deliveries, answers, out)
 
             in_hand: tuple[list[Delivery], Future[Answers]] | None = None
-            while not stop.is_set():
-                # with a batch in hand, only what has already come: its answer waits for nothing else
-                deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
-                                        max_bytes=HELD_BYTES)
-                if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
-                    # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
+            beat_at = 0.0
+            try:
+                while not stop.is_set():
+                    if time.monotonic() >= beat_at:
+                        mine = membership.beat(self.consuming)
+                        beat_at = time.monotonic() + BEAT
+                        if mine != self.consuming:
+                            if in_hand is not None and self.consuming - mine:
+                                answer(in_hand[0], in_hand[1].result())  # nothing of a queue given up is in hand
+                                in_hand = None
+                            self._follow(conn, mine)
+                    # with a batch in hand, only what has already come: its answer waits for nothing else
+                    deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
+                                            max_bytes=HELD_BYTES)
+                    if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
+                        # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
+                        if in_hand is not None:
+                            answer(in_hand[0], in_hand[1].result())
+                            in_hand = None
+                        answer(deliveries, self.work(deliveries))
+                        continue
+                    following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
                     if in_hand is not None:
                         answer(in_hand[0], in_hand[1].result())
-                        in_hand = None
-                    answer(deliveries, self.work(deliveries))
-                    continue
-                following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
+                    in_hand = following
                 if in_hand is not None:
                     answer(in_hand[0], in_hand[1].result())
-                in_hand = following
-            if in_hand is not None:
-                answer(in_hand[0], in_hand[1].result())
+            finally:
+                self.consuming = set()
+        if stop.is_set():  # after the connection closed: what it held is back on the queues for the others
+            membership.leave()
+
+    def _follow(self, conn: Connection, mine: set[str]) -> None:
+        """Consume the event queues of the districts in ``mine``, and only those."""
+        for d in sorted(self.consuming - mine):
+            conn.release(Topology.events(d))
+            log.info("district handed to another receiver", district=d, receiver=self.name)
+        # each queue has its own credit: a district that floods takes only its own share of what is held
+        prefetch = max(MIN_PREFETCH, self.prefetch // max(1, len(mine)))
+        for d in sorted(mine & self.consuming):
+            conn.prefetch(Topology.events(d), prefetch)
+        for d in sorted(mine - self.consuming):
+            # larger than any message it reads, and than it reads to name a refusal
+            conn.consume(Topology.events(d), prefetch=prefetch, max_body=max(self.settings.max_body, MAX_PARSED))
+            log.info("district taken", district=d, receiver=self.name)
+        self.consuming = set(mine)
 
     def prune_tombstones(self) -> int:
         """Forget deletes applied over a day ago: a page read before a delete arrives right behind it."""
@@ -188,12 +220,17 @@ class Receiver:
             log.error("message dead-lettered", reason=reason, exc_info=e, **describe(d))
             return Answers(dead=[(d, reason)])
 
-        first, *rest = narrow(deliveries, self._work, set_aside)
-        for more in rest:
-            for district, acks in more.acks.items():
-                first.acks.setdefault(district, []).extend(acks)
-            first.dead += more.dead
-            first.manifests += more.manifests
+        # each district on its own: one district's poison message costs another district nothing
+        by_district: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            by_district[Topology.district_of(d.queue)].append(d)
+        first = Answers()
+        for items in by_district.values():
+            for more in narrow(items, self._work, set_aside):
+                for district, acks in more.acks.items():
+                    first.acks.setdefault(district, []).extend(acks)
+                first.dead += more.dead
+                first.manifests += more.manifests
         return first
 
     def _work(self, deliveries: list[Delivery]) -> Answers:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Engine, Float, Index, Integer, MetaData, String, Table, Text
 
 from core.migrations import prepare
 from core.tables import REFID, object_tables
@@ -77,6 +77,17 @@ class StateSchema:
             Column("last_change", String(32)),  # when the district captured the last change applied
             Column("last_applied", String(32)),
             Column("lag_ms", BigInteger),  # capture to apply, for the last delivery batch
+        )
+        # the receivers sharing this database, each seen a moment ago: they spread the districts between them
+        self.members = Table(
+            "receiver_member", m,
+            Column("name", String(128), primary_key=True),
+            Column("host", String(255), nullable=False),
+            Column("pid", Integer, nullable=False),
+            Column("started_at", String(32), nullable=False),
+            Column("seen", Float, nullable=False),  # the database's clock, in seconds: receivers' clocks may differ
+            Column("districts", Text, nullable=False),  # JSON: the districts it serves (RESYNC_DISTRICTS)
+            Column("consuming", Text, nullable=False),  # JSON: those whose queues it consumes now
         )
         self.markers = Table(
             "receiver_marker", m,

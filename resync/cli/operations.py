@@ -37,10 +37,14 @@ def receiver() -> None:
 @pass_ctx
 def receiver_run(c: Ctx, districts: tuple[str, ...]) -> None:
     """Consume districts' event queues, apply and acknowledge until SIGTERM/SIGINT."""
+    from core.brokers import broker_for
     from state_receiver.daemon import Receiver
+    from state_receiver.membership import default_name
 
-    broker = needs_broker(c, "receiver run")
-    settings = c.settings.with_(districts=districts or None)
+    needs_broker(c, "receiver run")
+    settings = c.settings.with_(districts=districts or None, receiver_name=c.settings.receiver_name or default_name())
+    # the name `rabbitmqctl list_connections` shows, the same as `resync receivers`
+    broker = broker_for(settings, f"resync receiver {settings.receiver_name}")
     run_daemon(Receiver(settings, broker, engine(settings.state_db_url), c.catalog).run)
 
 

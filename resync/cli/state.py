@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -92,3 +93,37 @@ def dead_letters(c: Ctx, requeue_ids: tuple[str, ...], limit: int, as_json: bool
         return emit_json(rows)
     table("Dead-letter queue (oldest first)", ["Message id", "From queue", "Sender", "Type", "Reason", "Bytes"],
           [(r["message_id"], r["queue"], r["sender"], r["type"], r["reason"], r["bytes"]) for r in rows])
+
+
+@cli.command("receivers")
+@JSON
+@pass_ctx
+def receivers_cmd(c: Ctx, as_json: bool) -> None:
+    """State side: the receivers sharing the state database, and which one consumes each district."""
+    from state_receiver.membership import LEASE, members
+    from state_receiver.schema import StateSchema
+
+    found = members(c.state_engine(), StateSchema(c.catalog))
+    running = [m for m in found if m.live]
+    served = sorted({d for m in running for d in m.districts} | set(c.settings.districts))
+    by_district = {d: [m.name for m in running if d in m.consuming] for d in served}
+    notes = {d: "" if len(names) == 1 else "no receiver consumes it" if not names else
+             "moving between receivers: the broker lets one consume at a time" for d, names in by_district.items()}
+    rows: list[dict[str, object]] = [
+        {"district": d, "receiver": names[0] if len(names) == 1 else None, "consumers": names, "note": notes[d]}
+        for d, names in by_district.items()]
+    receivers: list[dict[str, Any]] = [{"name": m.name, "host": m.host, "pid": m.pid, "started_at": m.started_at,
+                  "seen_s_ago": round(m.age, 1), "running": m.live, "serves": len(m.districts),
+                  "consuming": m.consuming} for m in found]
+    if as_json:
+        return emit_json({"receivers": receivers, "districts": rows})
+    table("Receivers", ["Receiver", "Host", "PID", "Started", "Seen", "Status", "Serves", "Consuming"],
+          [(r["name"], r["host"], r["pid"], when(r["started_at"]), f"{r['seen_s_ago']} s ago",
+            "running" if r["running"] else f"gone (silent over {LEASE:.0f} s)", r["serves"], len(r["consuming"]))
+           for r in receivers])
+    table("Districts", ["District", "Receiver", "Note"],
+          [(d, ", ".join(names) or "-", notes[d]) for d, names in by_district.items()])
+    idle = [d for d, names in by_district.items() if not names]
+    if idle:
+        console.print(f"[yellow]{len(idle)} district(s) consumed by no receiver[/]: start `resync receiver run` "
+                      "with them in RESYNC_DISTRICTS")
