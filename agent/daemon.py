@@ -22,13 +22,14 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import Engine
 
-from agent import live_store, selection
+from agent import live_store, metrics, selection
 from agent.live import LiveSync
 from agent.status import plan_batch
 from agent.store import STATE, AgentStore
 from agent.verification_steps import Verifier
 from core.brokers import Broker, Connection, Delivery, Topology
 from core.brokers.base import sender_of
+from core.metrics import CONFIRM_SECONDS, Health, serve
 from core.retry import TRANSIENT, every, narrow, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog
@@ -71,7 +72,9 @@ class Agent:
         self._answered = 0  # answers received (replays included), counted by the ack thread
         self._sent = 0  # records published since the batch (re)started, counted by the publisher thread
         self._batch_answered = False  # the ack thread took answers to a batch since it last closed batches
-        self.live = LiveSync(settings, broker, engine, catalog, self._refused, self.store.set_blocked,
+        self.health = Health("agent")
+        self.live = LiveSync(settings, broker, engine, catalog, self._refused,
+                             self.health.watch_blocked(self.store.set_blocked),
                              lambda text: self.store.log_error(text, category=11))
 
     def setup(self) -> None:
@@ -79,20 +82,32 @@ class Agent:
         self.broker.declare_district(self.district)
 
     def run(self, stop: threading.Event) -> None:
-        run_forever(self.setup, stop, "start-up")
-        log.info("agent started", district=self.district, broker=self.broker.describe())
+        server = serve(self.settings.metrics_host, self.settings.metrics_port, self.health)
+        if server is not None:
+            metrics.register(self.engine, self.live.outbox)
+        try:
+            self._run(stop)
+        finally:
+            self.health.running = False
+            if server is not None:
+                server.shutdown()
+
+    def _run(self, stop: threading.Event) -> None:
+        run_forever(self.setup, stop, "start-up", failed=self.health.failed)
+        log.info("agent started", district=self.district, broker=self.broker.describe(),
+                 metrics_port=self.settings.metrics_port or None)
         failed: list[BaseException] = []
 
         def publishing() -> None:
             try:
-                run_forever(lambda: self._publish_batches(stop), stop, "publisher")
+                run_forever(lambda: self._publish_batches(stop), stop, "publisher", failed=self.health.failed)
             except BaseException as e:  # fatal (a wrong setting): the whole daemon stops and says why
                 failed.append(e)
                 stop.set()
 
         def live() -> None:
             try:
-                self.live.run(stop)
+                self.live.run(stop, self.health.failed)
             except BaseException as e:
                 failed.append(e)
                 stop.set()
@@ -103,7 +118,7 @@ class Agent:
         for t in threads:
             t.start()
         try:
-            run_forever(lambda: self._consume_acks(stop), stop, "ack consumer")
+            run_forever(lambda: self._consume_acks(stop), stop, "ack consumer", failed=self.health.failed)
         finally:
             stop.set()
             for t in threads:
@@ -157,7 +172,8 @@ class Agent:
             return stop.is_set() or self.store.is_cancelled(batch_id)
 
         with self.broker.connect() as conn:
-            conn.watch = self.store.set_blocked
+            conn.watch = self.health.watch_blocked(self.store.set_blocked)
+            conn.timing = CONFIRM_SECONDS.labels("agent").observe
             pace = self._pacer(batch_id, batch["max_rate"], stop, conn)
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.district, max_body=self.settings.max_body,
                                   refused=self._refused)
@@ -263,6 +279,7 @@ class Agent:
     def _progress(self, batch_id: str, name: str) -> Callable[[int, str], None]:
         def progress(count: int, last_ref: str) -> None:
             self.store.add_sent(batch_id, name, count, last_ref)
+            metrics.SENT.labels(name, "batch").inc(count)
 
         return progress
 
@@ -300,6 +317,7 @@ class Agent:
             # ack messages are the largest the agent reads: anything larger is let go unread
             conn.consume(Topology.acks(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
             conn.consume(Topology.control(self.district), prefetch=20, max_body=MAX_ACK_MESSAGE)
+            self.health.up("broker")
             next_close = 0.0
             while not stop.is_set():
                 deliveries = conn.fetch(20, timeout=0.3)
@@ -315,6 +333,7 @@ class Agent:
                     self._batch_answered, next_close = False, time.monotonic() + 1.0
                     for batch_id in self.store.complete_finished():
                         self._notify(batch_id)
+                    self.health.up("database")
 
     def _take(self, deliveries: list[Delivery]) -> list[tuple[Delivery, str]]:
         """Handle the state's answers and requests; returns what must be dead-lettered, with the reason. A
@@ -362,6 +381,7 @@ class Agent:
                 self._answers.notify_all()
         for description, category, code in errors:
             self.store.log_error(description, category=category, code=code)
+        metrics.count_answers(acks)
         return dead
 
     def _refuse_sender(self, d: Delivery) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -25,8 +25,10 @@ import structlog
 from sqlalchemy import Engine, select
 
 from agent import live_store
+from agent.metrics import SENT
 from core.brokers import Broker
 from core.db import Listener
+from core.metrics import CONFIRM_SECONDS
 from core.retry import permanent, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog, ref_column
@@ -68,8 +70,8 @@ class LiveSync:
         self.poll = POLL if engine.dialect.name == "postgresql" else SQLITE_POLL
         self._next_heal = 0.0
 
-    def run(self, stop: threading.Event) -> None:
-        run_forever(lambda: self._serve(stop), stop, "live sync")
+    def run(self, stop: threading.Event, failed: Callable[[BaseException], None] | None = None) -> None:
+        run_forever(lambda: self._serve(stop), stop, "live sync", failed=failed)
 
     def _serve(self, stop: threading.Event) -> None:
         while not stop.is_set() and not self.outbox.installed():
@@ -81,6 +83,7 @@ class LiveSync:
               ThreadPoolExecutor(1, thread_name_prefix="live-read") as reader,
               ThreadPoolExecutor(1, thread_name_prefix="live-books") as books):
             conn.watch = self.watch
+            conn.timing = CONFIRM_SECONDS.labels("agent").observe
             pub = ObjectPublisher(conn, self.engine, self.catalog, self.settings.district,
                                   max_body=self.settings.max_body, refused=self.refused)
             # Four steps overlap: while one chunk is published, the confirms of the one before come in (then its
@@ -130,6 +133,8 @@ class LiveSync:
         """Wait for the broker's confirms of ``chunk`` (by now mostly in), then write its books."""
         pub.conn.confirm(chunk.mark)
         log.debug("changes sent", records=len(chunk.events))
+        for name, n in Counter(e.object for e, _ in chunk.events).items():
+            SENT.labels(name, "live").inc(n)
         return books.submit(self._books, chunk.changes, chunk.events), chunk.ids
 
     def _books(self, changes: list[Change], events: list[tuple[Event, str | None]]) -> None:

@@ -72,11 +72,15 @@ def narrow(items: list[T], attempt: Callable[[list[T]], R], give_up: Callable[[T
     return narrow(items[:half], attempt, give_up) + narrow(items[half:], attempt, give_up)
 
 
-def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_wait: float = 15.0) -> None:
-    """Call ``step`` until ``stop`` is set, reconnecting with backoff whenever it fails transiently."""
+def run_forever(step: Callable[[], None], stop: threading.Event, what: str, max_wait: float = 15.0,
+                failed: Callable[[BaseException], None] | None = None) -> None:
+    """Call ``step`` until ``stop`` is set, reconnecting with backoff whenever it fails transiently (and telling
+    ``failed`` what failed, for the daemon's health)."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if failed is not None and exc is not None:
+            failed(exc)
         log.warning(f"{what} failed; retrying", error=str(exc), attempt=state.attempt_number,
                     wait=round(state.next_action.sleep if state.next_action else 0, 1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
 import urllib.parse
@@ -11,11 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.brokers.base import check_district
+from core.brokers.base import QUEUE_TYPES, check_district
 from messages.codec import MAX_MESSAGE
 from messages.errors import ConfigError
 
-QUEUE_TYPES = ("classic", "quorum")
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
@@ -32,6 +32,32 @@ def _pairs(value: str) -> dict[str, str]:
         if not sep:
             raise ConfigError(f"RESYNC_DISTRICT_USERS item {item!r} is not district=user")
         out[key.strip()] = val.strip()
+    return out
+
+
+def _whole(key: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"RESYNC_{key.upper()}={raw!r} is not a whole number") from None
+
+
+VARIABLES = frozenset(f"RESYNC_{k}" for k in (
+    "HOME", "BROKER_URL", "MANAGEMENT_URL", "DISTRICT_DB", "STATE_DB", "DISTRICT", "STATE_USER", "WEB_HOST",
+    "WEB_SECRET", "RECEIVER_NAME", "METRICS_HOST", "DISTRICTS", "DISTRICT_USERS", "OBJECTS", "SCHOOL_YEAR",
+    "MAX_BODY", "MAX_IN_FLIGHT", "HEARTBEAT", "WEB_PORT", "KEEP_BATCHES", "KEEP_DAYS", "KEEP_HISTORY_DAYS",
+    "METRICS_PORT", "TODAY", "BROKER_CA_FILE", "BROKER_CERT_FILE", "BROKER_KEY_FILE", "WEB_SECURE_COOKIES",
+    "QUEUE_TYPE", "SYNC_YEARS", "PREVIOUS_YEAR_OBJECTS", "NEXT_YEAR_OBJECTS", "YEAR_END", "YEAR_START",
+    "REMINDER_DAYS", "LOG_LEVEL"))
+"""Every environment variable resync reads: another ``RESYNC_`` variable is a mistake (most likely a typo)."""
+
+
+def _unknown(env: Mapping[str, str]) -> list[str]:
+    out = []
+    for name in sorted(k for k in env if k.startswith("RESYNC_") and k not in VARIABLES):
+        close = difflib.get_close_matches(name, VARIABLES, n=1)
+        out.append(f"{name} is not a setting resync knows" + (f": did you mean {close[0]}?" if close else
+                   ": remove it (the README lists the settings)"))
     return out
 
 
@@ -108,13 +134,22 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The settings from ``env`` (default the process environment) and ``overrides``; every mistake at once,
+        one line each, in one ``ConfigError``."""
         env = os.environ if env is None else env
+        mistakes: list[str] = []
 
         def get(key: str) -> str:
             return env.get(f"RESYNC_{key}", "").strip()
 
         def items(key: str) -> tuple[str, ...]:
             return tuple(p.strip() for p in get(key).split(",") if p.strip())
+
+        def attempt(key: str, parse: Any) -> None:
+            try:
+                values[key] = parse()
+            except ConfigError as e:
+                mistakes.append(str(e))
 
         values: dict[str, Any] = {}
         if get("HOME"):
@@ -126,23 +161,19 @@ class Settings:
         if get("DISTRICTS"):
             values["districts"] = items("DISTRICTS")
         if get("DISTRICT_USERS"):
-            values["district_users"] = _pairs(get("DISTRICT_USERS"))
+            attempt("district_users", lambda: _pairs(get("DISTRICT_USERS")))
         if get("OBJECTS"):
             values["objects"] = items("OBJECTS")
         for key in ("school_year", "max_body", "max_in_flight", "heartbeat", "web_port", "keep_batches", "keep_days",
                     "keep_history_days", "metrics_port"):
-            raw = get(key.upper())
-            if raw:
-                try:
-                    values[key] = int(raw)
-                except ValueError:
-                    raise ConfigError(f"RESYNC_{key.upper()}={raw!r} is not a whole number") from None
+            if get(key.upper()):
+                attempt(key, lambda key=key: _whole(key, get(key.upper())))
         if get("TODAY"):
             try:
                 values["today"] = dt.date.fromisoformat(get("TODAY"))
+                values.setdefault("school_year", current_school_year(values["today"]))
             except ValueError:
-                raise ConfigError(f"RESYNC_TODAY={get('TODAY')!r} is not a date (YYYY-MM-DD)") from None
-            values.setdefault("school_year", current_school_year(values["today"]))
+                mistakes.append(f"RESYNC_TODAY={get('TODAY')!r} is not a date (YYYY-MM-DD)")
         tls = {opt: get(f"BROKER_{key}_FILE") for opt, key in (("ca_certs", "CA"), ("certfile", "CERT"),
                                                                 ("keyfile", "KEY")) if get(f"BROKER_{key}_FILE")}
         if tls:
@@ -150,53 +181,67 @@ class Settings:
         if get("WEB_SECURE_COOKIES"):
             flag = get("WEB_SECURE_COOKIES").lower()
             if flag not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"RESYNC_WEB_SECURE_COOKIES={get('WEB_SECURE_COOKIES')!r}: use true or false")
+                mistakes.append(f"RESYNC_WEB_SECURE_COOKIES={get('WEB_SECURE_COOKIES')!r}: use true or false")
             values["web_secure_cookies"] = flag in ("true", "1", "yes")
         if get("QUEUE_TYPE"):
             values["queue_type"] = get("QUEUE_TYPE").lower()
         if get("SYNC_YEARS"):
             years = frozenset(y.lower() for y in items("SYNC_YEARS"))
             if not years <= {"previous", "next"}:
-                raise ConfigError(f"RESYNC_SYNC_YEARS={get('SYNC_YEARS')!r}: use previous, next or previous,next")
-            values["sync_years"] = years
+                mistakes.append(f"RESYNC_SYNC_YEARS={get('SYNC_YEARS')!r}: use previous, next or previous,next")
+            values["sync_years"] = years & {"previous", "next"}
         values["year_objects"] = {w: items(f"{w.upper()}_YEAR_OBJECTS") for w in ("previous", "next")
                                   if get(f"{w.upper()}_YEAR_OBJECTS")}
         for key in ("year_end", "year_start"):
             if get(key.upper()):
-                values[key] = _month_day(key, get(key.upper()))
+                attempt(key, lambda key=key: _month_day(key, get(key.upper())))
         if get("REMINDER_DAYS"):
-            values["reminder_days"] = int(get("REMINDER_DAYS")) if get("REMINDER_DAYS").isdigit() else -1
-            if values["reminder_days"] < 0:
-                raise ConfigError("RESYNC_REMINDER_DAYS must be a whole number of days")
+            if get("REMINDER_DAYS").isdigit():
+                values["reminder_days"] = int(get("REMINDER_DAYS"))
+            else:
+                mistakes.append("RESYNC_REMINDER_DAYS must be a whole number of days")
+        mistakes += _unknown(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
-        if not 1024 <= settings.max_body <= MAX_MESSAGE:
-            raise ConfigError(f"RESYNC_MAX_BODY={settings.max_body} is out of range: use 1024 to {MAX_MESSAGE} "
-                              "bytes (the broker refuses larger messages)")
-        if not (settings.heartbeat == 0 or 2 <= settings.heartbeat <= 3600):
-            raise ConfigError(f"RESYNC_HEARTBEAT={settings.heartbeat} is out of range: use 2 to 3600 seconds, or 0 "
-                              "to turn heartbeats off")
-        for key in ("keep_batches", "keep_days", "keep_history_days"):
-            if getattr(settings, key) < 0:
-                raise ConfigError(f"RESYNC_{key.upper()}={getattr(settings, key)} is negative: use a whole number, "
-                                  "or 0 to keep forever")
-        if not 1 <= settings.web_port <= 65535:
-            raise ConfigError(f"RESYNC_WEB_PORT={settings.web_port} is out of range: use 1 to 65535")
-        if not 0 <= settings.metrics_port <= 65535:
-            raise ConfigError(f"RESYNC_METRICS_PORT={settings.metrics_port} is out of range: use 1 to 65535, or 0 "
-                              "not to serve metrics")
-        if settings.queue_type not in QUEUE_TYPES:
-            raise ConfigError(f"RESYNC_QUEUE_TYPE={settings.queue_type!r} is not a queue type: use classic, or "
-                              "quorum on a RabbitMQ cluster")
-        if settings.receiver_name is not None and not _NAME.match(settings.receiver_name):
-            raise ConfigError(f"RESYNC_RECEIVER_NAME={settings.receiver_name[:80]!r} is not a name: use 1-128 "
-                              "letters, digits, '.', '-' or '_'")
-        if settings.broker_url and not settings.broker_url.startswith("memory://"):
-            _check_broker_url(settings.broker_url)
-        check_district(settings.district)
-        for d in settings.districts:
-            check_district(d)
+        mistakes += settings._out_of_range()
+        if mistakes:
+            raise ConfigError("\n".join(dict.fromkeys(mistakes)))
         return settings
+
+    def _out_of_range(self) -> list[str]:
+        out = []
+        if not 1024 <= self.max_body <= MAX_MESSAGE:
+            out.append(f"RESYNC_MAX_BODY={self.max_body} is out of range: use 1024 to {MAX_MESSAGE} bytes (the "
+                       "broker refuses larger messages)")
+        if not (self.heartbeat == 0 or 2 <= self.heartbeat <= 3600):
+            out.append(f"RESYNC_HEARTBEAT={self.heartbeat} is out of range: use 2 to 3600 seconds, or 0 to turn "
+                       "heartbeats off")
+        for key in ("keep_batches", "keep_days", "keep_history_days"):
+            if getattr(self, key) < 0:
+                out.append(f"RESYNC_{key.upper()}={getattr(self, key)} is negative: use a whole number, or 0 to "
+                           "keep forever")
+        if not 1 <= self.web_port <= 65535:
+            out.append(f"RESYNC_WEB_PORT={self.web_port} is out of range: use 1 to 65535")
+        if not 0 <= self.metrics_port <= 65535:
+            out.append(f"RESYNC_METRICS_PORT={self.metrics_port} is out of range: use 1 to 65535, or 0 not to "
+                       "serve metrics")
+        if self.queue_type not in QUEUE_TYPES:
+            out.append(f"RESYNC_QUEUE_TYPE={self.queue_type!r} is not a queue type: use classic, or quorum on a "
+                       "RabbitMQ cluster")
+        if self.receiver_name is not None and not _NAME.match(self.receiver_name):
+            out.append(f"RESYNC_RECEIVER_NAME={self.receiver_name[:80]!r} is not a name: use 1-128 letters, "
+                       "digits, '.', '-' or '_'")
+        try:
+            if self.broker_url and not self.broker_url.startswith("memory://"):
+                _check_broker_url(self.broker_url)
+        except ConfigError as e:
+            out.append(str(e))
+        for d in (self.district, *self.districts):
+            try:
+                check_district(d)
+            except ConfigError as e:
+                out.append(str(e))
+        return out
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, select
 from core.brokers import Broker, Connection, Delivery, Topology
 from core.brokers.base import sender_of
 from core.db import insert
+from core.metrics import CONFIRM_SECONDS, Health, serve
 from core.retry import every, narrow, permanent, run_forever
 from core.settings import Settings
 from messages.catalog import Catalog
@@ -49,6 +50,7 @@ from messages.envelope import (
 from messages.manifest import ENTRY
 from messages.text import clean
 from messages.validate import MAX_PARSED
+from state_receiver import metrics
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
 from state_receiver.membership import BEAT, Membership, default_name
@@ -69,6 +71,8 @@ RETAIN_EVERY = 60.0
 TOMBSTONE_KEEP = 86_400
 """Seconds a versioned delete is remembered. Pages read before a delete are published within seconds of it and
 sit right behind it in the queue, so a day is far more than they need."""
+STOP_GRACE = 30.0
+"""Seconds a stopping receiver spends answering what its queues sent it, before it lets the rest go back."""
 MIN_PREFETCH = 500
 """Deliveries each district's queue may have in hand at least, however many districts a receiver consumes."""
 PACK_BYTES = MAX_ACK_MESSAGE
@@ -113,8 +117,11 @@ class Receiver:
         self.districts = settings.receiver_districts
         self.name = settings.receiver_name or default_name()
         self.consuming: set[str] = set()
-        """The districts whose event queues this receiver consumes now."""
+        """The districts whose event queues this receiver consumes now (``draining`` included)."""
+        self.draining: set[str] = set()
+        """Districts it has stopped taking messages of, until it has answered those it was sent."""
         self.applied = 0
+        self.health = Health("receiver")
         self.batch = DistrictBatch(settings, engine, self.schema, catalog, self._markers)
         self._manifested: dict[tuple[str, str], float] = {}  # (district, request) -> when answered
 
@@ -124,15 +131,24 @@ class Receiver:
             self.broker.declare_district(d)
 
     def run(self, stop: threading.Event) -> None:
-        run_forever(self.setup, stop, "start-up")
-        log.info("receiver started", receiver=self.name, districts=list(self.districts), broker=self.broker.describe())
-        pruning = threading.Thread(target=self._retention, args=(stop,), name="retention", daemon=True)
-        pruning.start()
+        server = serve(self.settings.metrics_host, self.settings.metrics_port, self.health)
+        if server is not None:
+            metrics.register(self.engine, self.schema, lambda: (set(self.consuming), set(self.districts)))
         try:
-            run_forever(lambda: self._serve(stop), stop, "receiver")
+            run_forever(self.setup, stop, "start-up", failed=self.health.failed)
+            log.info("receiver started", receiver=self.name, districts=list(self.districts),
+                     broker=self.broker.describe(), metrics_port=self.settings.metrics_port or None)
+            pruning = threading.Thread(target=self._retention, args=(stop,), name="retention", daemon=True)
+            pruning.start()
+            try:
+                run_forever(lambda: self._serve(stop), stop, "receiver", failed=self.health.failed)
+            finally:
+                stop.set()
+                pruning.join()
         finally:
-            stop.set()
-            pruning.join()
+            self.health.running = False
+            if server is not None:
+                server.shutdown()
         log.info("receiver stopped", applied=self.applied)
 
     def _retention(self, stop: threading.Event) -> None:
@@ -150,22 +166,31 @@ class Receiver:
         membership = Membership(self.engine, self.schema, self.name, self.districts)
         with (self.broker.connect() as conn, self.broker.connect() as out,
               ThreadPoolExecutor(1, thread_name_prefix="apply") as worker):
+            self.health.up("broker")
+            out.watch = self.health.watch_blocked()  # answers are what the receiver publishes
+            out.timing = CONFIRM_SECONDS.labels("receiver").observe
 
             def answer(deliveries: list[Delivery], answers: Answers) -> None:
                 self.answer(conn, deliveries, answers, out)
 
             in_hand: tuple[list[Delivery], Future[Answers]] | None = None
-            beat_at = 0.0
+            beat_at = stopping_at = 0.0
             try:
-                while not stop.is_set():
-                    if time.monotonic() >= beat_at:
-                        mine = membership.beat(self.consuming)
-                        beat_at = time.monotonic() + BEAT
-                        if mine != self.consuming:
-                            if in_hand is not None and self.consuming - mine:
-                                answer(in_hand[0], in_hand[1].result())  # nothing of a queue given up is in hand
-                                in_hand = None
-                            self._follow(conn, mine)
+                while True:
+                    if stop.is_set():  # finish what the queues sent, so nothing goes back to them out of order
+                        for d in sorted(self.consuming - self.draining):
+                            self._let_go(conn, d)
+                        if not self.consuming or time.monotonic() > stopping_at + STOP_GRACE:
+                            break
+                    else:
+                        stopping_at = time.monotonic()
+                        if stopping_at >= beat_at:
+                            mine, busy = membership.beat(self.consuming)
+                            self.health.up("database")
+                            beat_at = stopping_at + BEAT
+                            self._follow(conn, mine, busy)
+                    if self._released(conn, in_hand):
+                        beat_at = 0.0  # say so at once: the next receiver waits for it
                     # with a batch in hand, only what has already come: its answer waits for nothing else
                     deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
                                             max_bytes=HELD_BYTES)
@@ -183,24 +208,40 @@ class Receiver:
                 if in_hand is not None:
                     answer(in_hand[0], in_hand[1].result())
             finally:
-                self.consuming = set()
-        if stop.is_set():  # after the connection closed: what it held is back on the queues for the others
+                self.consuming, self.draining = set(), set()
+        if stop.is_set():  # after the connection closed: the others may take its districts now
             membership.leave()
 
-    def _follow(self, conn: Connection, mine: set[str]) -> None:
-        """Consume the event queues of the districts in ``mine``, and only those."""
-        for d in sorted(self.consuming - mine):
-            conn.release(Topology.events(d))
-            log.info("district handed to another receiver", district=d, receiver=self.name)
+    def _follow(self, conn: Connection, mine: set[str], busy: set[str]) -> None:
+        """Consume the event queues of the districts in ``mine``, and only those. A district another receiver
+        still consumes (``busy``) is taken once that one has let it go, so it goes on in order."""
+        for d in sorted(self.consuming - mine - self.draining):
+            self._let_go(conn, d)
         # each queue has its own credit: a district that floods takes only its own share of what is held
         prefetch = max(MIN_PREFETCH, self.prefetch // max(1, len(mine)))
-        for d in sorted(mine & self.consuming):
+        for d in sorted(mine & self.consuming - self.draining):
             conn.prefetch(Topology.events(d), prefetch)
-        for d in sorted(mine - self.consuming):
+        for d in sorted(mine - self.consuming - busy):
             # larger than any message it reads, and than it reads to name a refusal
             conn.consume(Topology.events(d), prefetch=prefetch, max_body=max(self.settings.max_body, MAX_PARSED))
+            self.consuming.add(d)
             log.info("district taken", district=d, receiver=self.name)
-        self.consuming = set(mine)
+
+    def _let_go(self, conn: Connection, district: str) -> None:
+        """Stop taking ``district``'s messages; it is released once those it was sent are answered."""
+        conn.cancel(Topology.events(district))
+        self.draining.add(district)
+
+    def _released(self, conn: Connection, in_hand: tuple[list[Delivery], Future[Answers]] | None) -> bool:
+        """Release the queues let go whose messages are all answered; whether any was."""
+        held = {Topology.district_of(d.queue) for d in in_hand[0]} if in_hand else set()
+        done = {d for d in self.draining - held if conn.settled(Topology.events(d))}
+        for d in sorted(done):
+            conn.release(Topology.events(d))
+            log.info("district handed over", district=d, receiver=self.name)
+        self.draining -= done
+        self.consuming -= done
+        return bool(done)
 
     def prune_tombstones(self) -> int:
         """Forget deletes applied over a day ago: a page read before a delete arrives right behind it."""
@@ -221,6 +262,7 @@ class Receiver:
             return Answers(dead=[(d, reason)])
 
         # each district on its own: one district's poison message costs another district nothing
+        started = time.monotonic()
         by_district: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_district[Topology.district_of(d.queue)].append(d)
@@ -231,6 +273,7 @@ class Receiver:
                     first.acks.setdefault(district, []).extend(acks)
                 first.dead += more.dead
                 first.manifests += more.manifests
+        metrics.APPLY_SECONDS.observe(time.monotonic() - started)
         return first
 
     def _work(self, deliveries: list[Delivery]) -> Answers:
@@ -272,6 +315,7 @@ class Receiver:
         self._manifested.update(dict.fromkeys(answered, now))  # once the broker holds the manifest
         conn.ack(deliveries[-1].delivery_tag, multiple=True)
         self.applied += len(deliveries)
+        metrics.count_answers(answers.acks, (Topology.district_of(d.queue) for d, _ in answers.dead))
 
     def _manifest(self, out: Connection, district: str, request: ManifestRequest) -> None:
         sent, done = 0, set()

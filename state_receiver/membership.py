@@ -108,8 +108,9 @@ class Membership:
         self.districts = sorted(districts)
         self.started_at = now_ts()
 
-    def beat(self, consuming: Collection[str]) -> set[str]:
-        """Say this receiver is running and what it consumes; the districts it should consume now."""
+    def beat(self, consuming: Collection[str]) -> tuple[set[str], set[str]]:
+        """Say this receiver is running and what it consumes. Returns the districts it should consume now, and
+        those another running receiver still consumes."""
         t = self.schema.members
         row = {"name": self.name, "host": socket.gethostname()[:255], "pid": os.getpid(),
                "started_at": self.started_at, "seen": db_clock(self.engine),
@@ -119,9 +120,11 @@ class Membership:
             db.execute(stmt.on_conflict_do_update(index_elements=[t.c.name], set_={
                 k: stmt.excluded[k] for k in ("host", "pid", "started_at", "seen", "districts", "consuming")}))
             db.execute(t.delete().where(t.c.seen < db_clock(self.engine) - FORGET))
-        live = {m.name: m.districts for m in members(self.engine, self.schema) if m.live}
-        live[self.name] = self.districts
-        return {d for d, m in assign(live).items() if m == self.name}
+        others = [m for m in members(self.engine, self.schema) if m.live and m.name != self.name]
+        serving = {m.name: m.districts for m in others}
+        serving[self.name] = self.districts
+        mine = {d for d, m in assign(serving).items() if m == self.name}
+        return mine, {d for m in others for d in m.consuming}
 
     def leave(self) -> None:
         """Remove this receiver's row: the others take its districts at their next beat."""

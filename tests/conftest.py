@@ -106,11 +106,13 @@ def new_databases() -> Iterator[Any]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["memory", "rabbitmq"])
+@pytest.fixture(params=["memory", "rabbitmq", "rabbitmq-quorum"])
 def broker(request: pytest.FixtureRequest) -> MemoryBroker | RabbitBroker:
+    """The in-process broker, and RabbitMQ with classic and with quorum queues (RESYNC_QUEUE_TYPE)."""
     if request.param == "memory":
         return MemoryBroker()
-    return RabbitBroker(request.getfixturevalue("rabbitmq_url"))
+    return RabbitBroker(request.getfixturevalue("rabbitmq_url"),
+                        queue_type="quorum" if request.param.endswith("quorum") else "classic")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -34,6 +34,13 @@ def _drain(broker: Broker, queue: str, expect: int) -> list[bytes]:
     return got
 
 
+def _returns_in_order(broker: Broker) -> bool:
+    """Whether what a consumer that went away held comes back ahead of newer messages. A quorum queue (RabbitMQ
+    3.10 here) can hand newer messages to the next consumer first, and its returns in another order: that is why
+    a receiver hands a district over by finishing what it holds (``cancel``) rather than by returning it."""
+    return getattr(broker, "queue_type", "classic") != "quorum"
+
+
 def _take(conn: Connection, n: int) -> list[Delivery]:
     """Exactly ``n`` deliveries, however the broker batches them."""
     got: list[Delivery] = []
@@ -57,7 +64,9 @@ def test_publish_then_consume_keeps_order_and_properties(broker: Broker) -> None
         assert Topology.district_of(first.queue) == "d1"
         conn.ack(first.delivery_tag)
     rest = _drain(broker, queue, 249)
-    assert rest[0] == b'{"n": 1}' and rest[-1] == b'{"n": 249}'
+    if _returns_in_order(broker):
+        assert rest[0] == b'{"n": 1}' and rest[-1] == b'{"n": 249}'
+    assert sorted(rest) == sorted(f'{{"n": {i}}}'.encode() for i in range(1, 250))
     assert [s.ready for s in broker.queue_stats([queue])] == [0]
 
 
@@ -70,7 +79,8 @@ def test_unacknowledged_messages_come_back_after_the_connection_closes(broker: B
         got = _take(conn, 10)
         conn.ack(got[4].delivery_tag, multiple=True)  # the first five are done, the rest are not
     again = _drain(broker, queue, 5)
-    assert again == [f'{{"n": {i}}}'.encode() for i in range(5, 10)]
+    expected = [f'{{"n": {i}}}'.encode() for i in range(5, 10)]
+    assert again == expected if _returns_in_order(broker) else sorted(again) == expected
 
 
 def test_dead_lettered_message_lands_in_the_dead_letter_queue(broker: Broker) -> None:
@@ -197,9 +207,10 @@ def test_a_header_table_the_consumer_could_not_decode_never_reaches_a_queue(rabb
     assert [s.ready for s in broker.queue_stats([Topology.events("d1")])] == [0]
 
 
-def test_a_released_queue_goes_to_the_waiting_consumer_in_order(broker: Broker) -> None:
-    """Handing a district to another receiver: what the first held comes back ahead of everything after it,
-    the waiting consumer (RabbitMQ's single active consumer) takes over, and the first keeps its other queues."""
+def test_a_queue_handed_over_goes_on_in_order_with_the_next_consumer(broker: Broker) -> None:
+    """Handing a district to another receiver: the first stops taking the queue's messages, finishes those it
+    was sent, lets the queue go; the next consumer goes on from the first message after them. The first keeps
+    its other queues meanwhile."""
     broker.declare_district("d1")
     broker.declare_district("d2")
     queue, other = Topology.events("d1"), Topology.events("d2")
@@ -209,23 +220,39 @@ def test_a_released_queue_goes_to_the_waiting_consumer_in_order(broker: Broker) 
         first.consume(queue, prefetch=10)
         first.consume(other, prefetch=10)
         got = _take(first, 13)
+        first.cancel(queue)
+        while more := first.fetch(50, timeout=0.5):  # what the broker sent before the cancel is still the first's
+            got += more
         mine = [d for d in got if d.queue == queue]
-        first.ack(mine[2].delivery_tag, multiple=True)  # three are done; the rest it holds are not
-        held = len(mine) - 3
-        assert sorted(first.consuming()) == sorted([queue, other])
-        second.consume(queue, prefetch=100)
-        if isinstance(broker, RabbitBroker):  # a standby gets nothing while the first is active
-            assert second.fetch(10, timeout=0.5) == []
-        first.release(queue)
-        assert first.consuming() == [other]
-        taken = _take(second, 27)
-        assert [d.body for d in taken] == [f'{{"n": {i}}}'.encode() for i in range(3, 30)]
-        # those it held come back marked (so did any the broker had sent on and it had not fetched yet)
-        assert all(d.redelivered for d in taken[:held]) and not taken[-1].redelivered
-        second.ack(taken[-1].delivery_tag, multiple=True)
-        # the other queue's deliveries are still the first's to acknowledge
+        assert 10 <= len(mine) < 30 and not first.settled(queue)
         theirs = [d for d in got if d.queue == other]
         theirs += _take(first, 3 - len(theirs))
-        assert {d.queue for d in theirs} == {other}
-        first.ack(theirs[-1].delivery_tag, multiple=True)
+        first.ack(max(d.delivery_tag for d in got + theirs), multiple=True)
+        assert first.settled(queue)
+        first.release(queue)
+        assert first.consuming() == [other]
+        second.consume(queue, prefetch=100)
+        taken = _take(second, 30 - len(mine))
+        assert [d.body for d in taken] == [f'{{"n": {i}}}'.encode() for i in range(len(mine), 30)]
+        assert not any(d.redelivered for d in taken)
+        second.ack(taken[-1].delivery_tag, multiple=True)
     assert [s.ready for s in broker.queue_stats([queue, other])] == [0, 0]
+
+
+def test_a_classic_queue_keeps_a_waiting_consumer_idle_until_the_active_one_lets_go(rabbitmq_url: str) -> None:
+    """Single active consumer: a second receiver subscribed early is a standby; when the first lets go with
+    messages unacknowledged (as when it dies), a classic queue puts them back at its head and the standby
+    takes over from the first of them."""
+    broker = RabbitBroker(rabbitmq_url)
+    broker.declare_district("d1")
+    queue = Topology.events("d1")
+    _publish(broker, 20, queue)
+    with broker.connect() as first, broker.connect() as second:
+        first.consume(queue, prefetch=5)
+        got = _take(first, 5)
+        first.ack(got[1].delivery_tag, multiple=True)
+        second.consume(queue, prefetch=100)
+        assert second.fetch(10, timeout=0.5) == []
+        first.release(queue)
+        taken = _take(second, 18)
+        assert [d.body for d in taken] == [f'{{"n": {i}}}'.encode() for i in range(2, 20)]

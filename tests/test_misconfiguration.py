@@ -55,9 +55,26 @@ def env(tmp_path: Path) -> dict[str, str]:
     ("RESYNC_WEB_SECURE_COOKIES", "maybe", ("RESYNC_WEB_SECURE_COOKIES", "true or false")),
     ("RESYNC_DISTRICT_DB", "sqlite:////no/such/dir/x.db", ("'/no/such/dir' does not exist", "RESYNC_DISTRICT_DB")),
     ("RESYNC_DISTRICT_DB", "mysql://x@localhost/db", ("not supported",)),
+    ("RESYNC_QUEUE_TYPE", "stream", ("RESYNC_QUEUE_TYPE", "classic", "quorum")),
+    ("RESYNC_METRICS_PORT", "99999", ("RESYNC_METRICS_PORT", "1 to 65535")),
+    ("RESYNC_RECEIVER_NAME", "two words", ("RESYNC_RECEIVER_NAME", "letters, digits")),
+    ("RESYNC_BROKER_ULR", "amqp://guest:guest@127.0.0.1/", ("RESYNC_BROKER_ULR", "did you mean RESYNC_BROKER_URL")),
 ])
 def test_a_wrong_setting_is_one_line(env: dict[str, str], setting: str, value: str, words: tuple[str, ...]) -> None:
     said_once(resync({**env, setting: value}, "status"), *words)
+
+
+def test_every_mistake_in_the_settings_is_said_at_once_one_line_each(env: dict[str, str]) -> None:
+    wrong = {"RESYNC_HEARTBEAT": "1", "RESYNC_QUEUE_TYPE": "stream", "RESYNC_DISTRICTS": "d1,Not A District",
+             "RESYNC_METRIC_PORT": "9100", "RESYNC_KEEP_DAYS": "ninety"}
+    for command in (["status"], ["receiver", "run"], ["agent", "run"]):
+        result = resync({**env, **wrong, "RESYNC_BROKER_URL": "amqp://guest:guest@127.0.0.1/"}, *command)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(errors) == 5, errors
+        for words in (("RESYNC_HEARTBEAT",), ("RESYNC_QUEUE_TYPE",), ("'Not A District'",),
+                      ("RESYNC_METRIC_PORT", "did you mean RESYNC_METRICS_PORT"), ("RESYNC_KEEP_DAYS",)):
+            assert sum(all(w in line for w in words) for line in errors) == 1, (words, errors)
 
 
 def test_an_unreachable_database_is_one_line(env: dict[str, str]) -> None:

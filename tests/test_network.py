@@ -109,7 +109,7 @@ def test_a_connection_gone_silent_is_noticed_and_the_batch_completes(site: Site,
     site.until("5,000 records processed", lambda: processed(store, batch_id) >= 5_000)
     vhost = site.env["RESYNC_BROKER_URL"].rsplit("/", 1)[1]
     timeouts = rabbitmqctl("list_connections", "-p", vhost, "timeout", "client_properties").split("\n")
-    daemons = [line for line in timeouts if "resync agent run" in line or "resync receiver run" in line]
+    daemons = [line for line in timeouts if "resync agent run" in line or "resync receiver " in line]
     assert len(daemons) >= 4 and all(line.split("\t")[0] == HEARTBEAT for line in daemons), timeouts
     assert proxy.silence() >= 4  # the agent's two connections and the receiver's two
     site.until("the batch to complete", lambda: (store.batch(batch_id) or {}).get("status") == "completed")

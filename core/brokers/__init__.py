@@ -14,7 +14,7 @@ DEFAULT_HEARTBEAT = 30
 
 
 def open_broker(url: str | None, management_url: str | None = None, tls: dict[str, str] | None = None,
-                heartbeat: int = DEFAULT_HEARTBEAT, name: str = "resync") -> Broker:
+                heartbeat: int = DEFAULT_HEARTBEAT, name: str = "resync", queue_type: str = "classic") -> Broker:
     """The broker for ``url``; ``None`` or ``memory://`` gives the process-wide in-process broker.
     ``tls``: ``ca_certs`` / ``certfile`` / ``keyfile`` for an ``amqps://`` URL; ``name`` is the connection's
     name in RabbitMQ's listings."""
@@ -24,13 +24,13 @@ def open_broker(url: str | None, management_url: str | None = None, tls: dict[st
         return MemoryBroker.shared()
     from core.brokers.rabbitmq import RabbitBroker
 
-    return RabbitBroker(url, management_url, tls, heartbeat, name)
+    return RabbitBroker(url, management_url, tls, heartbeat, name, queue_type)
 
 
 def broker_for(settings: Settings, name: str = "resync") -> Broker:
-    """The broker the settings name (RESYNC_BROKER_URL, its management API, TLS files and heartbeat)."""
+    """The broker the settings name (RESYNC_BROKER_URL, its management API, TLS files, heartbeat, queue type)."""
     return open_broker(settings.broker_url, settings.management_url, dict(settings.broker_tls), settings.heartbeat,
-                       name)
+                       name, settings.queue_type)
 
 
 __all__ = ["Broker", "Connection", "Delivery", "QueueStats", "Topology", "broker_for", "open_broker"]

@@ -56,6 +56,29 @@ class Topology:
         return [cls.events(district), cls.acks(district), cls.control(district)]
 
 
+QUEUE_TYPES = ("classic", "quorum")
+DELIVERY_LIMIT = 20
+"""Quorum queues: a message delivered this many times without being settled (a receiver that dies on it each
+time) is dead-lettered by the broker, so it cannot hold its queue up for ever."""
+
+
+def queue_arguments(queue: str, queue_type: str = "classic") -> dict[str, Any]:
+    """The arguments every queue resync uses is declared with: dead letters go to ``resync.dlx``; a district's
+    event queue has a single active consumer (per-district order); a quorum queue (replicated across a
+    cluster) also has a delivery limit and dead-letters at least once, which needs publishes refused when full."""
+    args: dict[str, Any] = {}
+    if queue != DEAD_LETTER_QUEUE:
+        args["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
+    if queue.startswith("sync."):
+        args["x-single-active-consumer"] = True
+    if queue_type == "quorum":
+        args["x-queue-type"] = "quorum"
+        if queue != DEAD_LETTER_QUEUE:
+            args.update({"x-delivery-limit": DELIVERY_LIMIT, "x-dead-letter-strategy": "at-least-once",
+                         "x-overflow": "reject-publish"})
+    return args
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     body: bytes
@@ -116,6 +139,8 @@ class Connection(abc.ABC):
     """While the broker blocks this connection's publishing (a memory or disk alarm): the alarm."""
     watch: Callable[[str | None], None] | None = None
     """If set, told the alarm when the broker starts blocking publishing, and None when it stops."""
+    timing: Callable[[float], None] | None = None
+    """If set, told at each confirm from the broker how many seconds the newest message it confirms waited."""
 
     @abc.abstractmethod
     def publish(self, routing_key: str, body: bytes, *, kind: str, message_id: str,
@@ -141,10 +166,21 @@ class Connection(abc.ABC):
         bytes is not kept (see ``Delivery.dropped``)."""
 
     @abc.abstractmethod
+    def cancel(self, queue: str) -> None:
+        """Stop taking new deliveries from ``queue``; those already received are still fetched and acknowledged.
+        Handing a queue over in order: ``cancel``, finish what it delivered until ``settled``, then ``release``,
+        and only then may the next consumer subscribe (a quorum queue would give it newer messages before any
+        it had to return)."""
+
+    @abc.abstractmethod
+    def settled(self, queue: str) -> bool:
+        """Whether every delivery of ``queue`` has been acknowledged."""
+
+    @abc.abstractmethod
     def release(self, queue: str) -> None:
-        """Stop consuming ``queue``: what it delivered and was not acknowledged goes back to the head of the queue,
-        in order, and the next consumer waiting on it (a single active consumer's standby) takes over from there.
-        Deliveries of ``queue`` not yet fetched are let go with it."""
+        """Stop consuming ``queue``: what it delivered and was not acknowledged goes back to the queue (a classic
+        queue puts it back at the head, in order, and lets a waiting single active consumer take over from there
+        in the same step). Deliveries of ``queue`` not yet fetched are let go with it."""
 
     def prefetch(self, queue: str, prefetch: int) -> None:
         """Change how many unacknowledged deliveries ``queue``'s consumer may hold."""

@@ -20,7 +20,14 @@ import re
 import secrets
 from typing import Any
 
-from core.brokers.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, Topology, check_district
+from core.brokers.base import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EXCHANGE,
+    Topology,
+    check_district,
+    queue_arguments,
+)
 
 QUEUE_BYTES = 1024**3
 """Per district event queue. The agent keeps at most ``RESYNC_MAX_IN_FLIGHT`` records unanswered, so a full
@@ -39,7 +46,8 @@ def new_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def definitions(vhost: str, districts: list[str], state_user: str, passwords: dict[str, str]) -> dict[str, Any]:
+def definitions(vhost: str, districts: list[str], state_user: str, passwords: dict[str, str],
+                queue_type: str = "classic") -> dict[str, Any]:
     """``passwords`` maps each user (the district ids and ``state_user``) to its password."""
     users = [*districts, state_user]
     q = re.escape
@@ -56,15 +64,13 @@ def definitions(vhost: str, districts: list[str], state_user: str, passwords: di
           # sync: `resync dead-letters --requeue` puts a district's message back where it came from
           "write": r"^(acks|control|sync)\..+$", "read": "^$"}]
     queues, bindings = [{"name": DEAD_LETTER_QUEUE, "vhost": vhost, "durable": True, "auto_delete": False,
-                         "arguments": {}}], [
+                         "arguments": queue_arguments(DEAD_LETTER_QUEUE, queue_type)}], [
         {"source": DEAD_LETTER_EXCHANGE, "vhost": vhost, "destination": DEAD_LETTER_QUEUE,
          "destination_type": "queue", "routing_key": "", "arguments": {}}]
     for d in districts:
         for name in Topology.queues(d):
-            args: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
-            if name == Topology.events(d):
-                args["x-single-active-consumer"] = True
-            queues.append({"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args})
+            queues.append({"name": name, "vhost": vhost, "durable": True, "auto_delete": False,
+                           "arguments": queue_arguments(name, queue_type)})
             bindings.append({"source": EXCHANGE, "vhost": vhost, "destination": name, "destination_type": "queue",
                              "routing_key": name, "arguments": {}})
     return {
@@ -85,9 +91,10 @@ def definitions(vhost: str, districts: list[str], state_user: str, passwords: di
     }
 
 
-def for_districts(vhost: str, districts: list[str], state_user: str) -> tuple[dict[str, Any], dict[str, str]]:
+def for_districts(vhost: str, districts: list[str], state_user: str,
+                  queue_type: str = "classic") -> tuple[dict[str, Any], dict[str, str]]:
     """Definitions with a fresh password for every user; returns them with the passwords."""
     for d in districts:
         check_district(d)
     passwords = {u: new_password() for u in [*districts, state_user]}
-    return definitions(vhost, districts, state_user, passwords), passwords
+    return definitions(vhost, districts, state_user, passwords, queue_type), passwords

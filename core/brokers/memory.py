@@ -90,6 +90,7 @@ class MemoryConnection(Connection):
         self._tags = itertools.count(1)
         self._pending: dict[int, tuple[_Queue, _Message]] = {}
         self._consuming: list[_Queue] = []
+        self._cancelled: set[str] = set()
         self._max_body = DEFAULT_MAX_BODY
         self._refused: list[str] = []
         self._closed = False
@@ -136,12 +137,22 @@ class MemoryConnection(Connection):
             if q is None:
                 return
             self._consuming.remove(q)
+            self._cancelled.discard(queue)
             q.consumers -= 1
             self._requeue([t for t, (held, _) in self._pending.items() if held is q])
             self.broker.cond.notify_all()
 
     def consuming(self) -> list[str]:
         return [q.name for q in self._consuming]
+
+    def cancel(self, queue: str) -> None:
+        self._check()
+        with self.broker.cond:
+            self._cancelled.add(queue)
+
+    def settled(self, queue: str) -> bool:
+        with self.broker.cond:
+            return not any(q.name == queue for q, _ in self._pending.values())
 
     def _requeue(self, tags: list[int]) -> None:
         """Put the deliveries ``tags`` back at the head of their queues, in the order they were taken."""
@@ -159,7 +170,8 @@ class MemoryConnection(Connection):
         with self.broker.cond:
             while True:
                 for q in self._consuming:
-                    while q.messages and len(out) < max_count and (not out or held < max_bytes):
+                    while (q.name not in self._cancelled and q.messages and len(out) < max_count
+                           and (not out or held < max_bytes)):
                         m = q.messages.popleft()
                         q.unacked += 1
                         tag = next(self._tags)

@@ -24,6 +24,7 @@ from core.brokers.base import (
     Broker,
     QueueStats,
     Topology,
+    queue_arguments,
 )
 from core.brokers.rabbitmq_connection import RabbitConnection
 from messages.errors import BrokerRefused, ConfigError, ConnectionClosed
@@ -48,8 +49,9 @@ class RabbitBroker(Broker):
     kind = "RabbitMQ"
 
     def __init__(self, url: str, management_url: str | None = None, tls: dict[str, str] | None = None,
-                 heartbeat: int = DEFAULT_HEARTBEAT, name: str = "resync") -> None:
+                 heartbeat: int = DEFAULT_HEARTBEAT, name: str = "resync", queue_type: str = "classic") -> None:
         self.url = check_url(url)
+        self.queue_type = queue_type
         self.tls = tls
         self.management_url = management_url
         self.heartbeat = heartbeat
@@ -100,13 +102,10 @@ class RabbitBroker(Broker):
         with self.connect() as conn:
             conn.exchange_declare(EXCHANGE, "topic")
             conn.exchange_declare(DEAD_LETTER_EXCHANGE, "fanout")
-            conn.queue_declare(DEAD_LETTER_QUEUE)
+            conn.queue_declare(DEAD_LETTER_QUEUE, queue_arguments(DEAD_LETTER_QUEUE, self.queue_type) or None)
             conn.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "")
             for name in Topology.queues(district):
-                args: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
-                if name == Topology.events(district):
-                    args["x-single-active-consumer"] = True
-                conn.queue_declare(name, args)
+                conn.queue_declare(name, queue_arguments(name, self.queue_type))
                 conn.queue_bind(name, EXCHANGE, name)
 
     def queue_stats(self, queues: list[str]) -> list[QueueStats]:

@@ -14,6 +14,7 @@ them). Delivery tags handed out are the connection's own, counted across channel
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class _Consumer:
     tag: str
     unacked: deque[tuple[int, int]] = field(default_factory=deque)
     """(the connection's delivery tag, the channel's), oldest first."""
+    cancelled: bool = False
     releasing: bool = False
 
 
@@ -57,7 +59,8 @@ class RabbitConnection(LoopedChannel, Connection):
         self.name = name
         self.published = 0
         self._confirmed = 0
-        self._sizes: deque[tuple[int, int]] = deque()  # (tag, bytes published up to it), unconfirmed
+        self._sizes: deque[tuple[int, int, float]] = deque()  # (tag, bytes published up to it, when), unconfirmed
+        self.timing: Callable[[float], None] | None = None
         self._bytes = self._confirmed_bytes = self._unflushed = 0
         self._refused: list[str] = []
         self._buffer: deque[Delivery] = deque()
@@ -89,8 +92,11 @@ class RabbitConnection(LoopedChannel, Connection):
             self._refused.append(f"{self.where} refused message {tag} (nack: a full queue, or the broker "
                                  "could not store it)")
         self._confirmed = tag if method.multiple else max(self._confirmed, tag)
+        sent = None
         while self._sizes and self._sizes[0][0] <= self._confirmed:
-            self._confirmed_bytes = self._sizes.popleft()[1]
+            _, self._confirmed_bytes, sent = self._sizes.popleft()
+        if sent is not None and self.timing is not None:
+            self.timing(time.monotonic() - sent)
         self._wake()
 
     def _on_return(self, _channel: Any, method: Any, _props: Any, _body: bytes) -> None:
@@ -105,7 +111,7 @@ class RabbitConnection(LoopedChannel, Connection):
         self.published += 1
         self._bytes += len(body)
         self._unflushed += len(body) + 200
-        self._sizes.append((self.published, self._bytes))
+        self._sizes.append((self.published, self._bytes, time.monotonic()))
         if self._unflushed >= _FLUSH_BYTES:
             self._unflushed = 0
             self._turn()
@@ -159,13 +165,23 @@ class RabbitConnection(LoopedChannel, Connection):
         consumer = self._consumers[queue]
         self._rpc("basic.qos", lambda cb: consumer.channel.basic_qos(prefetch_count=prefetch, callback=cb))
 
+    def cancel(self, queue: str) -> None:
+        consumer = self._consumers.get(queue)
+        if consumer is None or consumer.cancelled:
+            return
+        consumer.cancelled = True
+        self._rpc(f"the cancel of {queue}'s consumer", lambda cb: consumer.channel.basic_cancel(consumer.tag, cb))
+
+    def settled(self, queue: str) -> bool:
+        consumer = self._consumers.get(queue)
+        return consumer is None or not consumer.unacked
+
     def release(self, queue: str) -> None:
         consumer = self._consumers.pop(queue, None)
         if consumer is None:
             return
-        kept = deque(d for d in self._buffer if d.queue != queue)
         self._held -= sum(len(d.body) for d in self._buffer if d.queue == queue)
-        self._buffer = kept
+        self._buffer = deque(d for d in self._buffer if d.queue != queue)
         consumer.releasing = True
         if consumer.channel.is_open:
             self._call(consumer.channel.close)

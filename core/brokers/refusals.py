@@ -60,6 +60,10 @@ def converted(exc: BaseException | None, where: str, user: str) -> ResyncError:
         if exc.reply_code == 406 and "user_id" in text:
             return BrokerRefused(f"{where} refused the message's user_id: {text}: the user in RESYNC_BROKER_URL must "
                                  "be the one the broker authenticates (with a client certificate, the certificate's)")
+        if exc.reply_code == 406 and "x-queue-type" in text:
+            return BrokerRefused(f"{where}: {text}: RESYNC_QUEUE_TYPE must be the type the queues were made with; to "
+                                 "change it, stop the agents, let the receivers empty the queues, delete them and "
+                                 "start again with the new type")
         if exc.reply_code == 406:
             return BrokerRefused(f"{where}: {text}: a queue or exchange exists with other settings; remove it or "
                                  "load the definitions `resync broker definitions` writes")

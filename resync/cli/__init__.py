@@ -28,8 +28,9 @@ def main() -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except FatalError as e:
-        click.echo(f"error: {e}", err=True)
+    except FatalError as e:  # one line per mistake
+        for line in str(e).splitlines() or [type(e).__name__]:
+            click.echo(f"error: {line}", err=True)
         sys.exit(2)
     except DBAPIError as e:  # a database that cannot be reached or used: a setting to check, said in one line
         fatal = misconfigured(e)

@@ -58,7 +58,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--state-db", envvar="RESYNC_STATE_DB", help="SQLAlchemy URL of the state database.")
 @click.option("--district", envvar="RESYNC_DISTRICT", help="This district's id (default district-1).")
 @click.option("--home", envvar="RESYNC_HOME", type=click.Path(path_type=Path), help="Folder for embedded SQLite files.")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", envvar="RESYNC_LOG_LEVEL", default="INFO", show_default=True)
 @click.pass_context
 def cli(ctx: click.Context, broker_url: str | None, district_db: str | None, state_db: str | None,
         district: str | None, home: Path | None, log_level: str) -> None:

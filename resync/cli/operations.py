@@ -59,17 +59,20 @@ def broker() -> None:
 @click.option("--state-user", default=None, help="The state's broker user (default RESYNC_STATE_USER or state).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the definitions JSON.")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default=None,
+              help="quorum: queues replicated across a RabbitMQ cluster (default RESYNC_QUEUE_TYPE or classic).")
 @JSON
 @pass_ctx
 def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_user: str | None, out: Path,
-                       as_json: bool) -> None:
+                       queue_type: str | None, as_json: bool) -> None:
     """Write RabbitMQ definitions: one user per district allowed only its own routing key and queues, the
     state's user, and the queues. Load with `rabbitmqctl import_definitions FILE` (or load_definitions)."""
     import json as json_mod
 
     from core.brokers.definitions import for_districts
 
-    defs, passwords = for_districts(vhost, list(districts), state_user or c.settings.state_user)
+    defs, passwords = for_districts(vhost, list(districts), state_user or c.settings.state_user,
+                                    queue_type or c.settings.queue_type)
     out.write_text(json_mod.dumps(defs, indent=2))
     out.chmod(0o600)
     if as_json:
