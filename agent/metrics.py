@@ -11,6 +11,7 @@ from prometheus_client import Counter
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent.tables import batch, batch_object
 from messages.envelope import Ack
@@ -41,7 +42,16 @@ class AgentCollector(Collector):
     def __init__(self, engine: Engine, outbox: Outbox) -> None:
         self.engine, self.outbox = engine, outbox
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # nothing is read when it is registered: only at a scrape
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            yield from self._collect()
+        except SQLAlchemyError:  # a database away for a moment costs the scrape these metrics, nothing more
+            return
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         records = GaugeMetricFamily("resync_agent_batch_records", "Records of each unfinished batch: expected, "
                                     "sent, processed (answered) and errors.", labels=["batch", "kind", "status",
                                                                                       "state"])

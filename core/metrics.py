@@ -57,7 +57,8 @@ class Health:
         """What a daemon's failed step says of what it needs: a database error takes the database down, anything
         else the broker connection (which the daemon then makes again: a reconnect)."""
         if isinstance(e, OperationalError | DBAPIError | StoreUnavailable):
-            self.down("database", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            reason = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+            self.down("database", (str(reason).strip().splitlines() or [type(e).__name__])[0])
         else:
             self.down("broker", str(e) or type(e).__name__)
             RECONNECTS.labels(self.daemon).inc()

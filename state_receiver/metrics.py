@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from messages.envelope import Ack
 from state_receiver.schema import StateSchema
@@ -42,7 +43,16 @@ class ReceiverCollector(Collector):
     def __init__(self, engine: Engine, schema: StateSchema, districts: Callable[[], tuple[set[str], set[str]]]) -> None:
         self.engine, self.schema, self.districts = engine, schema, districts
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # nothing is read when it is registered: only at a scrape
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            yield from self._collect()
+        except SQLAlchemyError:  # a database away for a moment costs the scrape these metrics, nothing more
+            return
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         consuming, served = self.districts()
         gauge = GaugeMetricFamily("resync_receiver_consuming", "1 for each district whose queue this receiver "
                                   "consumes, 0 for those it serves and another receiver has.", labels=["district"])

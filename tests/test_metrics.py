@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
@@ -63,6 +65,7 @@ def test_agent_and_receiver_show_their_work_to_prometheus(site: Site) -> None:
         site.until(f"port {port} to be ready", lambda p=port: get(p, "/readyz")[0] == 200)  # type: ignore[misc]
         status, body = get(port, "/healthz")
         assert status == 200 and json.loads(body)["status"] == "alive"
+        assert site.cli("health", "--port", str(port)).strip() == "ready"
     batch_id = site.send("--all")
     assert site.wait(batch_id)["status"] == "completed"
 
@@ -100,6 +103,14 @@ def test_readyz_says_what_a_daemon_is_waiting_for(site: Site) -> None:
     assert status == 503 and "database" in down
     assert get(port, "/healthz")[0] == 200
     assert samples(get(port, "/metrics")[1], "resync_up") == {'{daemon="agent"}': 0.0}
+    # what a container's health check runs
+    probe = subprocess.run([sys.executable, "-m", "resync", "health", "--port", str(port)], env=site.env,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 1 and probe.stdout.startswith("not ready ("), probe.stdout
+    assert "database: connection failed" in probe.stdout and "Connection refused" in probe.stdout, probe.stdout
+    alive = subprocess.run([sys.executable, "-m", "resync", "health", "--live", "--port", str(port)], env=site.env,
+                           capture_output=True, text=True, timeout=60)
+    assert alive.returncode == 0 and alive.stdout.strip() == "alive"
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_status_2(site: Site) -> None:

@@ -103,12 +103,10 @@ class Statewide:
         def settled() -> dict[str, list[str]] | None:
             now = self.consuming()
             taken = sorted(d for ds in now.values() for d in ds)
-            return now if set(now) == receivers and taken == DISTRICTS else None
+            counts = [len(ds) for ds in now.values()]
+            return now if set(now) == receivers and taken == DISTRICTS and max(counts) - min(counts) <= 1 else None
 
-        now: dict[str, list[str]] = self.until(f"{sorted(receivers)} to share the districts", settled)
-        counts = [len(ds) for ds in now.values()]
-        assert max(counts) - min(counts) <= 1, now
-        return now
+        return dict(self.until(f"{sorted(receivers)} to share the districts within one of even", settled))
 
     def send_all(self) -> dict[str, str]:
         return {d: json.loads(self.cli("send", "--json", "--all", district=d))["batch_id"] for d in DISTRICTS}

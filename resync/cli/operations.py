@@ -78,3 +78,41 @@ def broker_definitions(c: Ctx, districts: tuple[str, ...], vhost: str, state_use
     if as_json:
         return emit_json({"file": str(out), "passwords": passwords})
     table(f"Broker users written to {out} (passwords are shown once)", ["User", "Password"], sorted(passwords.items()))
+
+
+@cli.command("health")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="The daemon's metrics port (default RESYNC_METRICS_PORT).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--live", is_flag=True, help="Only whether it runs (/healthz); by default whether it is ready "
+              "(/readyz: connected to its broker and database).")
+@JSON
+@pass_ctx
+def health(c: Ctx, port: int | None, host: str, live: bool, as_json: bool) -> None:
+    """Ask a running agent or receiver whether it is ready (exit status 0) or not (1): for container health
+    checks and monitoring."""
+    import json as json_mod
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from messages.errors import FatalError
+
+    port = port or c.settings.metrics_port
+    if not port:
+        raise FatalError("no metrics port: give --port, or set RESYNC_METRICS_PORT as the daemon has it")
+    url = f"http://{host}:{port}/{'healthz' if live else 'readyz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except OSError as e:
+        status, body = 0, json_mod.dumps({"status": f"no answer from {url}: {e}"}).encode()
+    answer = json_mod.loads(body or b"{}")
+    if as_json:
+        emit_json({"url": url, "http_status": status, **answer})
+    else:
+        down = "; ".join(f"{k}: {v}" for k, v in (answer.get("down") or {}).items())
+        click.echo(f"{answer.get('status', status)}" + (f" ({down})" if down else ""))
+    sys.exit(0 if status == 200 else 1)

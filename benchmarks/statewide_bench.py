@@ -1,0 +1,194 @@
+"""Statewide benchmark: many districts resyncing at once into one state, with 1, 2 and 3 receivers.
+
+    python benchmarks/statewide_bench.py --districts 20 --records 5000 [--receivers 1,2,3] [--flood 5]
+
+It makes its own RabbitMQ vhost and PostgreSQL databases: one district seeded with about N records, copied
+(``CREATE DATABASE ... TEMPLATE``) for every other district, and a state. For each receiver count it starts that
+many receivers and one agent per district (separate processes), waits until the receivers have shared the
+districts out, queues a full resync in every district at once and times until every batch is complete;
+then checks every batch's counts. ``--flood K`` then measures isolation with the largest receiver count: the
+other districts' resync alone, and again while one district sends K times as many records, every one of
+which the state refuses (all its calendars are excluded, so is everything under them). One JSON line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import update
+
+from agent.store import AgentStore
+from core.db import engine
+from messages import catalog as catalog_mod
+from publisher.schema import DistrictSchema
+
+sys.path.insert(0, str(Path(__file__).parent))
+from resync_bench import RECORDS_PER_STUDENT, cpu_seconds, services
+
+YEAR = "2027"
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "resync", "--log-level", "WARNING", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "resync", *args], env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def resync_all(base: dict[str, str], dbs: dict[str, str], districts: list[str]) -> tuple[float, dict[str, int]]:
+    """Queue a full resync in each of ``districts`` at once; seconds until all are complete, and each district's
+    records answered. Raises if a batch does not complete with one answer per record."""
+    stores = {d: AgentStore(engine(dbs[d])) for d in districts}
+    started = time.perf_counter()
+    batches = {d: json.loads(run({**base, "RESYNC_DISTRICT": d, "RESYNC_DISTRICT_DB": dbs[d]}, "send", "--all",
+                                 "--json"))["batch_id"] for d in districts}
+    pending = set(districts)
+    done_at: dict[str, float] = {}
+    while pending:
+        for d in list(pending):
+            if (stores[d].batch(batches[d]) or {}).get("status") == "completed":
+                pending.discard(d)
+                done_at[d] = time.perf_counter() - started
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    answered = {}
+    for d in districts:
+        objects = stores[d].batch_objects(batches[d])
+        sent, processed = sum(o["sent"] for o in objects), sum(o["processed"] for o in objects)
+        if sent != processed:
+            raise SystemExit(f"{d}: {processed} answers for {sent} records")
+        answered[d] = processed
+        stores[d].engine.dispose()
+    return elapsed, answered
+
+
+def receivers_spread(env: dict[str, str], count: int, districts: list[str]) -> list[int]:
+    while True:
+        shown = json.loads(run(env, "receivers", "--json"))
+        loads = [len(r["consuming"]) for r in shown["receivers"] if r["running"]]
+        if len(loads) == count and sum(loads) == len(districts):
+            return sorted(loads)
+        time.sleep(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--districts", type=int, default=20)
+    ap.add_argument("--records", type=int, default=5_000, help="about how many records each district has")
+    ap.add_argument("--receivers", default="1,2,3", help="receiver counts to measure, comma-separated")
+    ap.add_argument("--flood", type=int, default=0, metavar="K", help="then the isolation run (see above)")
+    ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
+    args = ap.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    vhost = f"bench-{tag}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    admin = psycopg.connect(f"{args.postgres}/postgres", autocommit=True)
+    districts = [f"d{i:03d}" for i in range(1, args.districts + 1)]
+    names = {d: f"bench_{tag}_{d}" for d in [*districts, "flood"]}
+    made: list[str] = []
+    base = {**os.environ, "RESYNC_BROKER_URL": f"{args.rabbitmq}/{vhost}", "RESYNC_DISTRICT_USERS": "*=guest",
+            "RESYNC_STATE_USER": "guest", "RESYNC_SCHOOL_YEAR": YEAR, "RESYNC_DISTRICTS": ",".join(districts)}
+    dbs = {d: f"{args.postgres}/{n}" for d, n in names.items()}
+    try:
+        admin.execute(f'CREATE DATABASE "{names[districts[0]]}"')
+        made.append(names[districts[0]])
+        first = {**base, "RESYNC_DISTRICT": districts[0], "RESYNC_DISTRICT_DB": dbs[districts[0]]}
+        students = max(1, round(args.records / RECORDS_PER_STUDENT))
+        run(first, "seed", "--students", str(students), "--year", YEAR)
+        seeded = engine(dbs[districts[0]])
+        AgentStore(seeded).create()
+        seeded.dispose()  # a template database must have no connection
+        for d in districts[1:]:
+            admin.execute(f'CREATE DATABASE "{names[d]}" TEMPLATE "{names[districts[0]]}"')
+            made.append(names[d])
+        catalog = catalog_mod.load()
+        schema = DistrictSchema(catalog)
+        eng = engine(dbs[districts[0]])
+        per_district = sum(schema.count(eng, n, int(YEAR)) for n in catalog.names())
+        eng.dispose()
+        for count in (int(c) for c in args.receivers.split(",")):
+            state = f"bench_{tag}_state_{count}"
+            admin.execute(f'CREATE DATABASE "{state}"')
+            made.append(state)
+            env = {**base, "RESYNC_STATE_DB": f"{args.postgres}/{state}"}
+            receivers = [start({**env, "RESYNC_RECEIVER_NAME": f"r{i}"}, "receiver", "run") for i in range(count)]
+            agents = [start({**env, "RESYNC_DISTRICT": d, "RESYNC_DISTRICT_DB": dbs[d]}, "agent", "run")
+                      for d in districts]
+            try:
+                loads = receivers_spread(env, count, districts)
+                servers = {n: cpu_seconds(p) for n, p in services().items()}
+                before = cpu_seconds([p.pid for p in receivers]), cpu_seconds([p.pid for p in agents])
+                elapsed, answered = resync_all(env, dbs, districts)
+                total = sum(answered.values())
+                cpu = {"receivers": cpu_seconds([p.pid for p in receivers]) - before[0],
+                       "agents": cpu_seconds([p.pid for p in agents]) - before[1],
+                       **{n: cpu_seconds(p) - servers[n] for n, p in services().items()}}
+                print(json.dumps({"measure": "statewide", "districts": len(districts), "receivers": count,
+                                  "spread": loads, "records": total, "per_district": per_district,
+                                  "seconds": round(elapsed, 1), "records_per_s": round(total / elapsed),
+                                  "cpu_us_per_record": {k: round(v / total * 1e6, 1) for k, v in cpu.items()}}),
+                      flush=True)
+                if args.flood and count == max(int(c) for c in args.receivers.split(",")):
+                    flood(args, admin, names, dbs, made, env, districts, students, catalog, schema)
+            finally:
+                stop(receivers + agents)
+    finally:
+        for db in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+
+
+def flood(args: Any, admin: Any, names: dict[str, str], dbs: dict[str, str], made: list[str],
+          env: dict[str, str], districts: list[str], students: int, catalog: Any, schema: DistrictSchema) -> None:
+    """The other districts' resync alone, then beside one district sending ``args.flood`` times its records, all
+    refused. The flooding district joins as the last of ``districts`` (its agent and queue already run)."""
+    others, flooder = districts[:-1], districts[-1]
+    alone, _ = resync_all(env, dbs, others)
+    # the flooder's database: K times the students, every calendar excluded
+    flooding = {**env, "RESYNC_DISTRICT": flooder, "RESYNC_DISTRICT_DB": dbs[flooder]}
+    run(flooding, "seed", "--students", str(students * args.flood), "--year", YEAR, "--reset")
+    eng = engine(dbs[flooder])
+    with eng.begin() as db:
+        db.execute(update(schema.tables["Calendar"]).values(state_exclude=True))
+    flood_records = sum(schema.count(eng, n, int(YEAR)) for n in catalog.names())
+    eng.dispose()
+    flood_batch = json.loads(run(flooding, "send", "--all", "--json"))["batch_id"]
+    beside, _ = resync_all(env, dbs, others)
+    store = AgentStore(engine(dbs[flooder]))
+    while (store.batch(flood_batch) or {}).get("status") != "completed":
+        time.sleep(0.2)
+    refused = sum(o["errors"] for o in store.batch_objects(flood_batch))
+    print(json.dumps({"measure": "flood", "districts": len(others), "flood_records": flood_records,
+                      "flood_refused": refused, "others_alone_s": round(alone, 1),
+                      "others_beside_flood_s": round(beside, 1), "slowdown": round(beside / alone - 1, 3)}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
