@@ -149,9 +149,11 @@ def main() -> None:
                 cpu = {"receivers": cpu_seconds([p.pid for p in receivers]) - before[0],
                        "agents": cpu_seconds([p.pid for p in agents]) - before[1],
                        **{n: cpu_seconds(p) - servers[n] for n, p in services().items()}}
+                size = admin.execute(f"SELECT pg_database_size('{state}')").fetchone()[0]  # type: ignore[index]
                 print(json.dumps({"measure": "statewide", "districts": len(districts), "receivers": count,
                                   "spread": loads, "records": total, "per_district": per_district,
                                   "seconds": round(elapsed, 1), "records_per_s": round(total / elapsed),
+                                  "state_db_mb": round(size / 2**20, 1), "state_bytes_per_record": round(size / total),
                                   "cpu_us_per_record": {k: round(v / total * 1e6, 1) for k, v in cpu.items()}}),
                       flush=True)
                 if args.flood and count == max(int(c) for c in args.receivers.split(",")):

@@ -118,6 +118,14 @@ def test_a_wrong_password_stops_the_daemon(env: dict[str, str], vhost_url: tuple
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("daemon", ["agent", "receiver"])
+def test_queues_of_another_type_stop_the_daemon(env: dict[str, str], vhost_url: tuple[str, str], daemon: str) -> None:
+    RabbitBroker(vhost_url[0]).declare_district("district-1")  # classic queues, made earlier
+    result = resync({**env, "RESYNC_BROKER_URL": vhost_url[0], "RESYNC_QUEUE_TYPE": "quorum"}, daemon, "run")
+    said_once(result, "x-queue-type", "RESYNC_QUEUE_TYPE must be the type the queues were made with")
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("daemon", ["agent", "receiver"])
 def test_a_vhost_that_does_not_exist_stops_the_daemon(env: dict[str, str], vhost_url: tuple[str, str],
                                                      daemon: str) -> None:
     url = vhost_url[0].rsplit("/", 1)[0] + f"/no-such-vhost-{uuid.uuid4().hex[:6]}"
