@@ -100,14 +100,14 @@ class Agent:
 
         def publishing() -> None:
             try:
-                run_forever(lambda: self._publish_batches(stop), stop, "publisher", failed=self.health.failed)
+                run_forever(lambda: self._publish_batches(stop), stop, "publisher", failed=self.health.failed_aside)
             except BaseException as e:  # fatal (a wrong setting): the whole daemon stops and says why
                 failed.append(e)
                 stop.set()
 
         def live() -> None:
             try:
-                self.live.run(stop, self.health.failed)
+                self.live.run(stop, self.health.failed_aside)
             except BaseException as e:
                 failed.append(e)
                 stop.set()
@@ -373,7 +373,7 @@ class Agent:
         if parts:
             self.verifier.on_parts(parts)
         if acks:
-            self.store.record_acks(acks)
+            metrics.count_answers(self.store.record_outcomes(acks))  # a replayed answer counts once
             self._batch_answered = self._batch_answered or any(a.batch is not None for a in acks)
             with self._answers:
                 # every answer, replays too: a record resent after a reconnect is answered by a replay
@@ -381,7 +381,6 @@ class Agent:
                 self._answers.notify_all()
         for description, category, code in errors:
             self.store.log_error(description, category=category, code=code)
-        metrics.count_answers(acks)
         return dead
 
     def _refuse_sender(self, d: Delivery) -> str | None:

@@ -111,10 +111,14 @@ class AgentStore:
     def record_acks(self, acks: list[Ack]) -> int:
         """Log each outcome once (a redelivered ack changes nothing) and add it to its object's counts.
         Returns how many outcomes were new."""
+        return len(self.record_outcomes(acks))
+
+    def record_outcomes(self, acks: list[Ack]) -> list[Ack]:
+        """``record_acks``, returning the answers that were new."""
         # a replayed ack can arrive in the same delivery batch as the first one: one outcome per msg_id
         acks = list({a.msg_id: a for a in reversed(acks)}.values())[::-1]
         if not acks:
-            return 0
+            return []
         now = now_ts()
         rows = [{"msg_id": a.msg_id, "batch_id": a.batch, "object": a.object, "ref_id": a.ref_id,
                  "status": a.status, "category": a.error.category if a.error else None,
@@ -154,7 +158,7 @@ class AgentStore:
                      "msg_id": a.msg_id, "category": a.error.category, "code": a.error.code,
                      "description": a.error.desc, "extended": a.error.extended}
                     for a in failed if a.error is not None])
-        return len(fresh)
+        return fresh
 
     def log_error(self, description: str, *, batch_id: str | None = None, obj: str | None = None,
                   category: int | None = None, code: str | None = None, extended: str = "") -> None:

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from messages.errors import ConfigError, StoreUnavailable
 
-RECONNECTS = Counter("resync_broker_reconnects", "Connections to the broker made again after one failed.",
-                     ["daemon"])
+RECONNECTS = Counter("resync_broker_reconnects", "Times a connection to the broker was lost or could not be made, "
+                     "and was tried again.", ["daemon"])
 BLOCKED_SECONDS = Counter("resync_broker_blocked_seconds", "Time the broker blocked this daemon's publishing "
                           "(a memory or disk alarm).", ["daemon"])
 BLOCKED = Gauge("resync_broker_blocked", "1 while the broker blocks this daemon's publishing.", ["daemon"])
@@ -54,13 +54,19 @@ class Health:
             UP.labels(self.daemon).set(0)
 
     def failed(self, e: BaseException) -> None:
-        """What a daemon's failed step says of what it needs: a database error takes the database down, anything
-        else the broker connection (which the daemon then makes again: a reconnect)."""
+        """What the daemon's main step failing says of what it needs: a database error takes the database down,
+        anything else its broker connection (which it then makes again: counted as a reconnect)."""
         if isinstance(e, OperationalError | DBAPIError | StoreUnavailable):
             reason = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
             self.down("database", (str(reason).strip().splitlines() or [type(e).__name__])[0])
         else:
             self.down("broker", str(e) or type(e).__name__)
+            RECONNECTS.labels(self.daemon).inc()
+
+    def failed_aside(self, e: BaseException) -> None:
+        """A side thread's step failing (the agent's publisher or live sync): its connection is made again and
+        counted; readiness is the main connection's to say."""
+        if not isinstance(e, OperationalError | DBAPIError | StoreUnavailable):
             RECONNECTS.labels(self.daemon).inc()
 
     def not_ready(self) -> dict[str, str]:

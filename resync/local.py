@@ -33,7 +33,8 @@ def local_site(settings: Settings, catalog: Catalog, broker: Broker | None = Non
     broker = broker or broker_for(settings)
     settings = settings.with_(district_users={"*": broker.user}) if not settings.district_users else settings
     # both sides in one process, on one connection's identity: the agent takes answers from that identity
-    settings = settings.with_(state_user=broker.user)
+    # and no metrics port: two daemons in one process cannot both serve it
+    settings = settings.with_(state_user=broker.user, metrics_port=0)
     stop = threading.Event()
     receiver = Receiver(settings, broker, engine(settings.state_db_url), catalog)
     agent = Agent(settings, broker, engine(settings.district_db_url), catalog)

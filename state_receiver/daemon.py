@@ -49,13 +49,13 @@ from messages.envelope import (
 )
 from messages.manifest import ENTRY
 from messages.text import clean
-from messages.validate import MAX_PARSED
 from state_receiver import metrics
 from state_receiver.batch import DistrictBatch, describe
 from state_receiver.manifest import manifest_parts, store_report
-from state_receiver.membership import BEAT, Membership, default_name
+from state_receiver.membership import Membership, default_name
 from state_receiver.requests import on_markers
 from state_receiver.schema import StateSchema
+from state_receiver.sharing import Share
 from state_receiver.sweep import sweep_batch
 
 log = structlog.get_logger()
@@ -73,8 +73,6 @@ TOMBSTONE_KEEP = 86_400
 sit right behind it in the queue, so a day is far more than they need."""
 STOP_GRACE = 30.0
 """Seconds a stopping receiver spends answering what its queues sent it, before it lets the rest go back."""
-MIN_PREFETCH = 500
-"""Deliveries each district's queue may have in hand at least, however many districts a receiver consumes."""
 PACK_BYTES = MAX_ACK_MESSAGE
 """An ack message stays well under the broker's message-size limit, however long the errors' texts."""
 
@@ -116,10 +114,8 @@ class Receiver:
         self.prefetch, self.batch_size = prefetch, batch_size
         self.districts = settings.receiver_districts
         self.name = settings.receiver_name or default_name()
-        self.consuming: set[str] = set()
-        """The districts whose event queues this receiver consumes now (``draining`` included)."""
-        self.draining: set[str] = set()
-        """Districts it has stopped taking messages of, until it has answered those it was sent."""
+        self.share: Share | None = None
+        """Its share of the districts, while it holds a broker connection."""
         self.applied = 0
         self.health = Health("receiver")
         self.batch = DistrictBatch(settings, engine, self.schema, catalog, self._markers)
@@ -133,7 +129,8 @@ class Receiver:
     def run(self, stop: threading.Event) -> None:
         server = serve(self.settings.metrics_host, self.settings.metrics_port, self.health)
         if server is not None:
-            metrics.register(self.engine, self.schema, lambda: (set(self.consuming), set(self.districts)))
+            metrics.register(self.engine, self.schema,
+                             lambda: (set(self.share.view if self.share else ()), set(self.districts)))
         try:
             run_forever(self.setup, stop, "start-up", failed=self.health.failed)
             log.info("receiver started", receiver=self.name, districts=list(self.districts),
@@ -163,85 +160,53 @@ class Receiver:
         every(RETAIN_EVERY, step, stop, "pruning")
 
     def _serve(self, stop: threading.Event) -> None:
-        membership = Membership(self.engine, self.schema, self.name, self.districts)
-        with (self.broker.connect() as conn, self.broker.connect() as out,
-              ThreadPoolExecutor(1, thread_name_prefix="apply") as worker):
-            self.health.up("broker")
-            out.watch = self.health.watch_blocked()  # answers are what the receiver publishes
-            out.timing = CONFIRM_SECONDS.labels("receiver").observe
+        share = Share(Membership(self.engine, self.schema, self.name, self.districts), self.health, self.prefetch,
+                      self.settings.max_body)
+        self.share = share
+        try:
+            with (self.broker.connect() as conn, self.broker.connect() as out,
+                  ThreadPoolExecutor(1, thread_name_prefix="apply") as worker):
+                self.health.up("broker")
+                out.watch = self.health.watch_blocked()  # answers are what the receiver publishes
+                out.timing = CONFIRM_SECONDS.labels("receiver").observe
+                share.start()
+                self._loop(stop, share, conn, out, worker)
+        finally:
+            share.gone(stop.is_set())
 
-            def answer(deliveries: list[Delivery], answers: Answers) -> None:
-                self.answer(conn, deliveries, answers, out)
+    def _loop(self, stop: threading.Event, share: Share, conn: Connection, out: Connection,
+              worker: ThreadPoolExecutor) -> None:
+        def answer(deliveries: list[Delivery], answers: Answers) -> None:
+            self.answer(conn, deliveries, answers, out)
 
-            in_hand: tuple[list[Delivery], Future[Answers]] | None = None
-            beat_at = stopping_at = 0.0
-            try:
-                while True:
-                    if stop.is_set():  # finish what the queues sent, so nothing goes back to them out of order
-                        for d in sorted(self.consuming - self.draining):
-                            self._let_go(conn, d)
-                        if not self.consuming or time.monotonic() > stopping_at + STOP_GRACE:
-                            break
-                    else:
-                        stopping_at = time.monotonic()
-                        if stopping_at >= beat_at:
-                            mine, busy = membership.beat(self.consuming)
-                            self.health.up("database")
-                            beat_at = stopping_at + BEAT
-                            self._follow(conn, mine, busy)
-                    if self._released(conn, in_hand):
-                        beat_at = 0.0  # say so at once: the next receiver waits for it
-                    # with a batch in hand, only what has already come: its answer waits for nothing else
-                    deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002,
-                                            max_bytes=HELD_BYTES)
-                    if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
-                        # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
-                        if in_hand is not None:
-                            answer(in_hand[0], in_hand[1].result())
-                            in_hand = None
-                        answer(deliveries, self.work(deliveries))
-                        continue
-                    following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
-                    if in_hand is not None:
-                        answer(in_hand[0], in_hand[1].result())
-                    in_hand = following
+        in_hand: tuple[list[Delivery], Future[Answers]] | None = None
+        stopping_at = 0.0
+        while True:
+            share.check()
+            if stop.is_set():  # answer what the queues sent, so nothing goes back to them out of order
+                for d in sorted(share.consuming):
+                    share.let_go(conn, d)
+                if not share.consuming or time.monotonic() > stopping_at + STOP_GRACE:
+                    break
+            else:
+                stopping_at = time.monotonic()
+                share.follow(conn)
+            share.released(conn, {Topology.district_of(d.queue) for d in in_hand[0]} if in_hand else set())
+            # with a batch in hand, only what has already come: its answer waits for nothing else
+            deliveries = conn.fetch(self.batch_size, timeout=0.5 if in_hand is None else 0.002, max_bytes=HELD_BYTES)
+            if any(d.type == Kind.MANIFEST_REQUEST for d in deliveries):
+                # a manifest reads the state as the batch leaves it: nothing may be applied meanwhile
                 if in_hand is not None:
                     answer(in_hand[0], in_hand[1].result())
-            finally:
-                self.consuming, self.draining = set(), set()
-        if stop.is_set():  # after the connection closed: the others may take its districts now
-            membership.leave()
-
-    def _follow(self, conn: Connection, mine: set[str], busy: set[str]) -> None:
-        """Consume the event queues of the districts in ``mine``, and only those. A district another receiver
-        still consumes (``busy``) is taken once that one has let it go, so it goes on in order."""
-        for d in sorted(self.consuming - mine - self.draining):
-            self._let_go(conn, d)
-        # each queue has its own credit: a district that floods takes only its own share of what is held
-        prefetch = max(MIN_PREFETCH, self.prefetch // max(1, len(mine)))
-        for d in sorted(mine & self.consuming - self.draining):
-            conn.prefetch(Topology.events(d), prefetch)
-        for d in sorted(mine - self.consuming - busy):
-            # larger than any message it reads, and than it reads to name a refusal
-            conn.consume(Topology.events(d), prefetch=prefetch, max_body=max(self.settings.max_body, MAX_PARSED))
-            self.consuming.add(d)
-            log.info("district taken", district=d, receiver=self.name)
-
-    def _let_go(self, conn: Connection, district: str) -> None:
-        """Stop taking ``district``'s messages; it is released once those it was sent are answered."""
-        conn.cancel(Topology.events(district))
-        self.draining.add(district)
-
-    def _released(self, conn: Connection, in_hand: tuple[list[Delivery], Future[Answers]] | None) -> bool:
-        """Release the queues let go whose messages are all answered; whether any was."""
-        held = {Topology.district_of(d.queue) for d in in_hand[0]} if in_hand else set()
-        done = {d for d in self.draining - held if conn.settled(Topology.events(d))}
-        for d in sorted(done):
-            conn.release(Topology.events(d))
-            log.info("district handed over", district=d, receiver=self.name)
-        self.draining -= done
-        self.consuming -= done
-        return bool(done)
+                    in_hand = None
+                answer(deliveries, self.work(deliveries))
+                continue
+            following = (deliveries, worker.submit(self.work, deliveries)) if deliveries else None
+            if in_hand is not None:
+                answer(in_hand[0], in_hand[1].result())
+            in_hand = following
+        if in_hand is not None:
+            answer(in_hand[0], in_hand[1].result())
 
     def prune_tombstones(self) -> int:
         """Forget deletes applied over a day ago: a page read before a delete arrives right behind it."""

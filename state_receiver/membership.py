@@ -1,15 +1,17 @@
 """Which receiver consumes which district: receivers sharing a state database spread the districts between them.
 
-Every receiver writes its row in ``receiver_member`` every ``BEAT`` seconds while it holds its broker
-connection; the live ones are those the database saw within ``LEASE`` seconds (the database's clock, so the
-receivers' own clocks may differ). Each receiver works out the same assignment from the same rows
-(``assign``) and consumes the event queues of its own districts only.
+Every receiver writes its row in ``receiver_member`` every ``BEAT`` seconds from a thread of its own, for as
+long as it holds its broker connection; the running ones are those the database saw within ``LEASE`` seconds
+(the database's clock, so the receivers' own clocks may differ). Each works out the same assignment from the
+same rows (``assign``) and consumes the event queues of its own districts only.
 
-The assignment only says who subscribes. Per-district order is the broker's: every event queue has a single
-active consumer, so a receiver taking a district over waits as a standby until the one that had it releases
-the queue, which returns what it held to the queue's head (``Connection.release``). A receiver that dies
-without a word (SIGKILL, a lost host) is gone from the live rows after ``LEASE``, and the others take its
-districts; one that stops cleanly removes its row, and they take them at their next beat.
+The assignment says what a receiver should consume; a claim (``receiver_claim``) says what it may. A receiver
+subscribes to a district's queue only once it holds the claim, and a claim is taken only from a receiver that
+is no longer running: so two receivers never consume one district, whatever each believes the assignment is.
+A receiver giving a district up stops taking its messages, answers those it was sent, closes the queue's
+channel and only then gives the claim up (``state_receiver/sharing.py``). A receiver that dies without a word
+(SIGKILL, a lost host) stops beating, and ``LEASE`` seconds later the others take its claims; one that stops
+cleanly removes its row and claims, and they take them at their next beat.
 """
 
 from __future__ import annotations
@@ -108,9 +110,8 @@ class Membership:
         self.districts = sorted(districts)
         self.started_at = now_ts()
 
-    def beat(self, consuming: Collection[str]) -> tuple[set[str], set[str]]:
-        """Say this receiver is running and what it consumes. Returns the districts it should consume now, and
-        those another running receiver still consumes."""
+    def beat(self, consuming: Collection[str]) -> set[str]:
+        """Say this receiver is running and what it consumes. Returns the districts it should consume now."""
         t = self.schema.members
         row = {"name": self.name, "host": socket.gethostname()[:255], "pid": os.getpid(),
                "started_at": self.started_at, "seen": db_clock(self.engine),
@@ -120,13 +121,36 @@ class Membership:
             db.execute(stmt.on_conflict_do_update(index_elements=[t.c.name], set_={
                 k: stmt.excluded[k] for k in ("host", "pid", "started_at", "seen", "districts", "consuming")}))
             db.execute(t.delete().where(t.c.seen < db_clock(self.engine) - FORGET))
-        others = [m for m in members(self.engine, self.schema) if m.live and m.name != self.name]
-        serving = {m.name: m.districts for m in others}
+        serving = {m.name: m.districts for m in members(self.engine, self.schema) if m.live}
         serving[self.name] = self.districts
-        mine = {d for d, m in assign(serving).items() if m == self.name}
-        return mine, {d for m in others for d in m.consuming}
+        return {d for d, m in assign(serving).items() if m == self.name}
+
+    def claim(self, districts: Collection[str]) -> set[str]:
+        """Claim ``districts`` where no running receiver holds them; returns those this receiver holds now."""
+        if not districts:
+            return set()
+        c, m = self.schema.claims, self.schema.members
+        running = select(m.c.name).where(m.c.seen >= db_clock(self.engine) - LEASE)
+        with self.engine.begin() as db:
+            stmt = insert(self.engine)(c).values([{"district_id": d, "receiver": self.name, "claimed_at": now_ts()}
+                                                  for d in sorted(districts)])
+            db.execute(stmt.on_conflict_do_update(
+                index_elements=[c.c.district_id],
+                set_={"receiver": stmt.excluded.receiver, "claimed_at": stmt.excluded.claimed_at},
+                where=(c.c.receiver == self.name) | c.c.receiver.not_in(running)))
+            held = db.execute(select(c.c.district_id).where(c.c.receiver == self.name,
+                                                            c.c.district_id.in_(sorted(districts))))
+            return {r[0] for r in held}
+
+    def unclaim(self, districts: Collection[str] | None = None) -> None:
+        """Give up the claims on ``districts`` (default: all this receiver holds)."""
+        c = self.schema.claims
+        mine = c.c.receiver == self.name
+        with self.engine.begin() as db:
+            db.execute(c.delete().where(mine if districts is None else mine & c.c.district_id.in_(sorted(districts))))
 
     def leave(self) -> None:
-        """Remove this receiver's row: the others take its districts at their next beat."""
+        """Remove this receiver's row and claims: the others take its districts at their next beat."""
+        self.unclaim()
         with self.engine.begin() as db:
             db.execute(self.schema.members.delete().where(self.schema.members.c.name == self.name))

@@ -89,6 +89,14 @@ class StateSchema:
             Column("districts", Text, nullable=False),  # JSON: the districts it serves (RESYNC_DISTRICTS)
             Column("consuming", Text, nullable=False),  # JSON: those whose queues it consumes now
         )
+        # which receiver may consume each district's event queue: taken only from a receiver no longer running,
+        # given up once it has answered all the queue sent it
+        self.claims = Table(
+            "receiver_claim", m,
+            Column("district_id", String(64), primary_key=True),
+            Column("receiver", String(128), nullable=False),
+            Column("claimed_at", String(32), nullable=False),
+        )
         self.markers = Table(
             "receiver_marker", m,
             Column("district_id", String(64), primary_key=True),

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from agent.store import AgentStore
 from core.db import engine
-from state_receiver.membership import assign
+from state_receiver.membership import Membership, assign, members
 from tests.site import HANG_GUARD, STATE, YEAR, district_rows, orphans, rejected_by_state
 
 pytestmark = [pytest.mark.fault]
@@ -48,6 +48,25 @@ def test_the_assignment_is_within_one_of_even_and_the_same_for_every_receiver(re
 def test_a_district_goes_only_to_a_receiver_that_serves_it(serving: dict[str, set[str]]) -> None:
     for district, receiver in assign(serving).items():
         assert district in serving[receiver]
+
+
+def test_a_district_is_claimed_by_one_running_receiver_at_a_time(db: Any) -> None:
+    """What keeps two receivers off one queue, whatever each believes the assignment is (SQLite and PostgreSQL)."""
+    STATE.create(db)
+    a, b = (Membership(db, STATE, name, DISTRICTS) for name in ("a", "b"))
+    a.beat([]), b.beat([])
+    assert a.claim(["d01", "d02"]) == {"d01", "d02"}
+    assert b.claim(["d01", "d02", "d03"]) == {"d03"}  # a runs: its claims stand
+    assert a.claim(["d01"]) == {"d01"}  # its own again
+    a.unclaim(["d02"])
+    assert b.claim(["d02"]) == {"d02"}
+    with db.begin() as conn:  # a stops beating: once its lease lapses, its claims may be taken
+        conn.execute(STATE.members.update().where(STATE.members.c.name == "a").values(seen=0.0))
+    assert b.claim(["d01"]) == {"d01"}
+    assert a.claim(["d01"]) == set()  # b runs now
+    b.leave()
+    assert a.claim(["d01", "d02", "d03"]) == {"d01", "d02", "d03"}
+    assert {m.name for m in members(db, STATE)} == {"a"}
 
 
 class Statewide:

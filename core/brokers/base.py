@@ -167,10 +167,11 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, queue: str) -> None:
-        """Stop taking new deliveries from ``queue``; those already received are still fetched and acknowledged.
-        Handing a queue over in order: ``cancel``, finish what it delivered until ``settled``, then ``release``,
-        and only then may the next consumer subscribe (a quorum queue would give it newer messages before any
-        it had to return)."""
+        """Stop taking new deliveries from ``queue``; those already received are still fetched and acknowledged
+        (any the broker sent before it took the cancel go back to the queue, ahead of the rest). Handing a queue
+        over in order: ``cancel``, finish what it delivered until ``settled``, then ``release``, and only then
+        may the next consumer subscribe (a quorum queue would give it newer messages before any it had to
+        return)."""
 
     @abc.abstractmethod
     def settled(self, queue: str) -> bool:
@@ -181,10 +182,6 @@ class Connection(abc.ABC):
         """Stop consuming ``queue``: what it delivered and was not acknowledged goes back to the queue (a classic
         queue puts it back at the head, in order, and lets a waiting single active consumer take over from there
         in the same step). Deliveries of ``queue`` not yet fetched are let go with it."""
-
-    def prefetch(self, queue: str, prefetch: int) -> None:
-        """Change how many unacknowledged deliveries ``queue``'s consumer may hold."""
-        return None
 
     @abc.abstractmethod
     def consuming(self) -> list[str]:

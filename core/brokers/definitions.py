@@ -74,8 +74,10 @@ def definitions(vhost: str, districts: list[str], state_user: str, passwords: di
             bindings.append({"source": EXCHANGE, "vhost": vhost, "destination": name, "destination_type": "queue",
                              "routing_key": name, "arguments": {}})
     return {
+        # the state's user may read the management API and UI (queue depths, consumers); a district's may not
         "users": [{"name": u, "password_hash": password_hash(passwords[u]),
-                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""} for u in users],
+                   "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": "monitoring" if u == state_user else ""} for u in users],
         "vhosts": [{"name": vhost}],
         "permissions": permissions,
         "topic_permissions": topic_permissions,

@@ -161,10 +161,6 @@ class RabbitConnection(LoopedChannel, Connection):
             queue, lambda _ch, method, props, body: self._on_message(consumer, method, props, body),
             consumer_tag=consumer.tag, callback=cb))
 
-    def prefetch(self, queue: str, prefetch: int) -> None:
-        consumer = self._consumers[queue]
-        self._rpc("basic.qos", lambda cb: consumer.channel.basic_qos(prefetch_count=prefetch, callback=cb))
-
     def cancel(self, queue: str) -> None:
         consumer = self._consumers.get(queue)
         if consumer is None or consumer.cancelled:

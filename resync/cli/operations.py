@@ -109,7 +109,11 @@ def health(c: Ctx, port: int | None, host: str, live: bool, as_json: bool) -> No
         status, body = e.code, e.read()
     except OSError as e:
         status, body = 0, json_mod.dumps({"status": f"no answer from {url}: {e}"}).encode()
-    answer = json_mod.loads(body or b"{}")
+    try:
+        answer = json_mod.loads(body or b"{}")
+    except ValueError:  # not a resync daemon on that port
+        answer = {"status": f"{url} did not answer as a resync daemon (HTTP {status})"}
+        status = 0
     if as_json:
         emit_json({"url": url, "http_status": status, **answer})
     else:

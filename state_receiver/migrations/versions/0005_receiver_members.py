@@ -1,4 +1,5 @@
-"""Receivers sharing a state database spread the districts between them: each keeps a row here while it runs.
+"""Receivers sharing a state database spread the districts between them: each keeps a row while it runs, and a
+claim on each district it consumes.
 
 Revision ID: 0005
 """
@@ -12,6 +13,13 @@ safe_online = True  # a new table
 
 
 def upgrade() -> None:
+    if not sa.inspect(op.get_bind()).has_table("receiver_claim"):
+        op.create_table(
+            "receiver_claim",
+            sa.Column("district_id", sa.String(64), primary_key=True),
+            sa.Column("receiver", sa.String(128), nullable=False),
+            sa.Column("claimed_at", sa.String(32), nullable=False),
+        )
     if sa.inspect(op.get_bind()).has_table("receiver_member"):
         return
     op.create_table(
