@@ -53,7 +53,8 @@ class Share:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started: the connection may have failed before it was
+            self._thread.join()
 
     def _beat(self) -> None:
         while True:
