@@ -38,9 +38,17 @@ from resync_bench import RECORDS_PER_STUDENT, cpu_seconds, services
 YEAR = "2027"
 
 
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+LOGS = Path(os.environ.get("BENCH_LOGS", "/tmp/statewide-bench"))
+
+
+def start(env: dict[str, str], *args: str, log: str = "") -> subprocess.Popen[bytes]:
+    """A daemon; with ``log``, its warnings go to that file under ``$BENCH_LOGS``."""
+    out: Any = subprocess.DEVNULL
+    if log:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        out = (LOGS / f"{log}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "resync", "--log-level", "WARNING", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=out, stderr=out)
 
 
 def run(env: dict[str, str], *args: str) -> str:
@@ -137,7 +145,8 @@ def main() -> None:
             admin.execute(f'CREATE DATABASE "{state}"')
             made.append(state)
             env = {**base, "RESYNC_STATE_DB": f"{args.postgres}/{state}"}
-            receivers = [start({**env, "RESYNC_RECEIVER_NAME": f"r{i}"}, "receiver", "run") for i in range(count)]
+            receivers = [start({**env, "RESYNC_RECEIVER_NAME": f"r{i}"}, "receiver", "run", log=f"{count}-r{i}")
+                         for i in range(count)]
             agents = [start({**env, "RESYNC_DISTRICT": d, "RESYNC_DISTRICT_DB": dbs[d]}, "agent", "run")
                       for d in districts]
             try:

@@ -59,6 +59,9 @@ class RabbitConnection(LoopedChannel, Connection):
         self.name = name
         self.published = 0
         self._confirmed = 0
+        """Every message up to this one is confirmed (or refused)."""
+        self._ahead: set[int] = set()
+        """Messages confirmed beyond ``_confirmed``, past a gap."""
         self._sizes: deque[tuple[int, int, float]] = deque()  # (tag, bytes published up to it, when), unconfirmed
         self.timing: Callable[[float], None] | None = None
         self._bytes = self._confirmed_bytes = self._unflushed = 0
@@ -91,7 +94,16 @@ class RabbitConnection(LoopedChannel, Connection):
         if isinstance(method, Basic.Nack):
             self._refused.append(f"{self.where} refused message {tag} (nack: a full queue, or the broker "
                                  "could not store it)")
-        self._confirmed = tag if method.multiple else max(self._confirmed, tag)
+        # Messages routed to different queues are confirmed in the order those queues store them: a single
+        # confirm can come before the multiple one that covers the tags below it. Only a run with no gap counts.
+        if method.multiple:
+            self._confirmed = max(self._confirmed, tag)
+        elif tag > self._confirmed:
+            self._ahead.add(tag)
+        while self._confirmed + 1 in self._ahead:
+            self._confirmed += 1
+        if self._ahead:
+            self._ahead = {t for t in self._ahead if t > self._confirmed}
         sent = None
         while self._sizes and self._sizes[0][0] <= self._confirmed:
             _, self._confirmed_bytes, sent = self._sizes.popleft()
