@@ -7,8 +7,8 @@ It makes its own RabbitMQ vhost and PostgreSQL databases: one district seeded wi
 many receivers and one agent per district (separate processes), waits until the receivers have shared the
 districts out, queues a full resync in every district at once and times until every batch is complete;
 then checks every batch's counts. ``--flood K`` then measures isolation with the largest receiver count: the
-other districts' resync alone, and again while one district sends K times as many records, every one of
-which the state refuses (all its calendars are excluded, so is everything under them). One JSON line each.
+other districts' resync alone, and again while one district sends K times as many records, of a school year
+the state does not take, so that it refuses all but the few not tied to a year (``1.8``). One JSON line each.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import update
 
 from agent.store import AgentStore
 from core.db import engine
@@ -66,20 +66,23 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def resync_all(base: dict[str, str], dbs: dict[str, str], districts: list[str]) -> tuple[float, dict[str, int]]:
+def resync_all(base: dict[str, str], dbs: dict[str, str], districts: list[str],
+               during: Callable[[float], None] | None = None) -> tuple[float, dict[str, tuple[int, int]]]:
     """Queue a full resync in each of ``districts`` at once; seconds until all are complete, and each district's
-    records answered. Raises if a batch does not complete with one answer per record."""
+    records answered and refused. Raises if a batch does not complete with one answer per record. ``during`` is
+    told, while it runs, the share of the records answered so far."""
     stores = {d: AgentStore(engine(dbs[d])) for d in districts}
     started = time.perf_counter()
     batches = {d: json.loads(run({**base, "RESYNC_DISTRICT": d, "RESYNC_DISTRICT_DB": dbs[d]}, "send", "--all",
                                  "--json"))["batch_id"] for d in districts}
     pending = set(districts)
-    done_at: dict[str, float] = {}
     while pending:
         for d in list(pending):
             if (stores[d].batch(batches[d]) or {}).get("status") == "completed":
                 pending.discard(d)
-                done_at[d] = time.perf_counter() - started
+        if during is not None:
+            objects = [o for d in districts for o in stores[d].batch_objects(batches[d])]
+            during(sum(o["processed"] for o in objects) / max(1, sum(o["expected"] for o in objects)))
         time.sleep(0.1)
     elapsed = time.perf_counter() - started
     answered = {}
@@ -88,7 +91,7 @@ def resync_all(base: dict[str, str], dbs: dict[str, str], districts: list[str]) 
         sent, processed = sum(o["sent"] for o in objects), sum(o["processed"] for o in objects)
         if sent != processed:
             raise SystemExit(f"{d}: {processed} answers for {sent} records")
-        answered[d] = processed
+        answered[d] = (processed, sum(o["errors"] for o in objects))
         stores[d].engine.dispose()
     return elapsed, answered
 
@@ -97,7 +100,7 @@ def receivers_spread(env: dict[str, str], count: int, districts: list[str]) -> l
     while True:
         shown = json.loads(run(env, "receivers", "--json"))
         loads = [len(r["consuming"]) for r in shown["receivers"] if r["running"]]
-        if len(loads) == count and sum(loads) == len(districts):
+        if len(loads) == count and sum(loads) == len(districts) and max(loads) - min(loads) <= 1:
             return sorted(loads)
         time.sleep(0.5)
 
@@ -108,6 +111,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=5_000, help="about how many records each district has")
     ap.add_argument("--receivers", default="1,2,3", help="receiver counts to measure, comma-separated")
     ap.add_argument("--flood", type=int, default=0, metavar="K", help="then the isolation run (see above)")
+    ap.add_argument("--kill", action="store_true", help="then, with the largest receiver count, a resync during "
+                    "which the busiest receiver is SIGKILLed once a third of the records are answered")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     ap.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672")
     args = ap.parse_args()
@@ -154,7 +159,7 @@ def main() -> None:
                 servers = {n: cpu_seconds(p) for n, p in services().items()}
                 before = cpu_seconds([p.pid for p in receivers]), cpu_seconds([p.pid for p in agents])
                 elapsed, answered = resync_all(env, dbs, districts)
-                total = sum(answered.values())
+                total = sum(n for n, _ in answered.values())
                 cpu = {"receivers": cpu_seconds([p.pid for p in receivers]) - before[0],
                        "agents": cpu_seconds([p.pid for p in agents]) - before[1],
                        **{n: cpu_seconds(p) - servers[n] for n, p in services().items()}}
@@ -166,7 +171,10 @@ def main() -> None:
                                   "cpu_us_per_record": {k: round(v / total * 1e6, 1) for k, v in cpu.items()}}),
                       flush=True)
                 if args.flood and count == max(int(c) for c in args.receivers.split(",")):
-                    flood(args, admin, names, dbs, made, env, districts, students, catalog, schema)
+                    flood(args, dbs, env, districts, students, catalog, schema, agents)
+                if args.kill and count == max(int(c) for c in args.receivers.split(",")) and count > 1:
+                    # the flooding district's data is another year's by now: the others only
+                    kill(env, dbs, districts[:-1] if args.flood else districts, receivers, answered)
             finally:
                 stop(receivers + agents)
     finally:
@@ -175,30 +183,55 @@ def main() -> None:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
 
 
-def flood(args: Any, admin: Any, names: dict[str, str], dbs: dict[str, str], made: list[str],
-          env: dict[str, str], districts: list[str], students: int, catalog: Any, schema: DistrictSchema) -> None:
-    """The other districts' resync alone, then beside one district sending ``args.flood`` times its records, all
-    refused. The flooding district joins as the last of ``districts`` (its agent and queue already run)."""
+def kill(env: dict[str, str], dbs: dict[str, str], districts: list[str], receivers: list[subprocess.Popen[bytes]],
+         clean: dict[str, tuple[int, int]]) -> None:
+    """A resync of every district during which the receiver consuming the most districts is SIGKILLed: every
+    batch must complete with the answers and refusals of the undisturbed run (``clean``)."""
+    shown = json.loads(run(env, "receivers", "--json"))["receivers"]
+    busiest = max((r for r in shown if r["running"]), key=lambda r: len(r["consuming"]))
+    victim = next(p for p in receivers if p.pid == busiest["pid"])
+    killed: list[float] = []
+
+    def during(share: float) -> None:
+        if not killed and share >= 1 / 3:
+            victim.send_signal(signal.SIGKILL)
+            killed.append(share)
+
+    elapsed, answered = resync_all(env, dbs, districts, during)
+    wrong = {d: (answered[d], clean[d]) for d in districts if answered[d] != clean[d]}
+    print(json.dumps({"measure": "receiver_killed", "districts": len(districts), "killed": busiest["name"],
+                      "its_districts": len(busiest["consuming"]), "at_share_answered": round(killed[0], 2),
+                      "seconds": round(elapsed, 1), "records": sum(n for n, _ in answered.values()),
+                      "exact": not wrong, "differing": wrong}), flush=True)
+    receivers.remove(victim)
+
+
+def flood(args: Any, dbs: dict[str, str], env: dict[str, str], districts: list[str], students: int,
+          catalog: Any, schema: DistrictSchema, agents: list[subprocess.Popen[bytes]]) -> None:
+    """The other districts' resync alone, then beside one district sending ``args.flood`` times as many records,
+    which the state refuses (they are of a school year the state does not take: ``1.8``). The flooding district
+    is the last of ``districts``; its agent (the last of ``agents``) is started again for the other year."""
     others, flooder = districts[:-1], districts[-1]
     alone, _ = resync_all(env, dbs, others)
-    # the flooder's database: K times the students, every calendar excluded
-    flooding = {**env, "RESYNC_DISTRICT": flooder, "RESYNC_DISTRICT_DB": dbs[flooder]}
-    run(flooding, "seed", "--students", str(students * args.flood), "--year", YEAR, "--reset")
+    stop(agents[-1:])
+    year = str(int(YEAR) + 1)
+    flooding = {**env, "RESYNC_DISTRICT": flooder, "RESYNC_DISTRICT_DB": dbs[flooder], "RESYNC_SCHOOL_YEAR": year}
+    run(flooding, "seed", "--students", str(students * args.flood), "--year", year, "--reset")
     eng = engine(dbs[flooder])
-    with eng.begin() as db:
-        db.execute(update(schema.tables["Calendar"]).values(state_exclude=True))
-    flood_records = sum(schema.count(eng, n, int(YEAR)) for n in catalog.names())
+    flood_records = sum(schema.count(eng, n, int(year)) for n in catalog.names())
     eng.dispose()
+    agents.append(start(flooding, "agent", "run"))
     flood_batch = json.loads(run(flooding, "send", "--all", "--json"))["batch_id"]
     beside, _ = resync_all(env, dbs, others)
     store = AgentStore(engine(dbs[flooder]))
+    answered = sum(o["processed"] for o in store.batch_objects(flood_batch))
     while (store.batch(flood_batch) or {}).get("status") != "completed":
         time.sleep(0.2)
-    refused = sum(o["errors"] for o in store.batch_objects(flood_batch))
+    objects = store.batch_objects(flood_batch)
     print(json.dumps({"measure": "flood", "districts": len(others), "flood_records": flood_records,
-                      "flood_refused": refused, "others_alone_s": round(alone, 1),
-                      "others_beside_flood_s": round(beside, 1), "slowdown": round(beside / alone - 1, 3)}),
-          flush=True)
+                      "flood_answered_meanwhile": answered, "flood_refused": sum(o["errors"] for o in objects),
+                      "others_alone_s": round(alone, 1), "others_beside_flood_s": round(beside, 1),
+                      "slowdown": round(beside / alone - 1, 3)}), flush=True)
 
 
 if __name__ == "__main__":
