@@ -171,7 +171,7 @@ def test_receivers_share_the_districts_and_take_over_for_each_other(statewide: S
         s.receiver(name)
     first = s.spread({"r1", "r2", "r3"})
     for d in DISTRICTS:
-        s.cli("seed", "--students", "10", "--year", str(YEAR), district=d)
+        s.cli("seed", "--students", "3", "--year", str(YEAR), district=d)
     batches = s.send_all()
     for d in DISTRICTS:
         s.start(f"agent-{d}", "agent", "run", district=d)
