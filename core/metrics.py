@@ -42,6 +42,10 @@ class Health:
         self._lock = threading.Lock()
         self._down: dict[str, str] = {need: "not connected yet" for need in needs}
         UP.labels(daemon).set(0)
+        # shown from the start at 0, so a rate or an alert on them has a series to read before the first event
+        RECONNECTS.labels(daemon)
+        BLOCKED_SECONDS.labels(daemon)
+        BLOCKED.labels(daemon).set(0)
 
     def up(self, need: str) -> None:
         with self._lock:
