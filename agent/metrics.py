@@ -9,11 +9,10 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client import Counter
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from agent.tables import batch, batch_object
+from core.metrics import DatabaseCollector
 from messages.envelope import Ack
 from publisher.changes import Outbox
 
@@ -36,20 +35,11 @@ def count_answers(acks: Iterable[Ack]) -> None:
         REFUSED.labels(name, code).inc(n)
 
 
-class AgentCollector(Collector):
+class AgentCollector(DatabaseCollector):
     """Read at each scrape: the batches not finished yet, per state of their records, and live sync's backlog."""
 
     def __init__(self, engine: Engine, outbox: Outbox) -> None:
         self.engine, self.outbox = engine, outbox
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []  # nothing is read when it is registered: only at a scrape
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            yield from self._collect()
-        except SQLAlchemyError:  # a database away for a moment costs the scrape these metrics, nothing more
-            return
 
     def _collect(self) -> Iterator[GaugeMetricFamily]:
         records = GaugeMetricFamily("resync_agent_batch_records", "Records of each unfinished batch: expected, "

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
-from sqlalchemy.exc import DBAPIError, OperationalError
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from messages.errors import ConfigError, StoreUnavailable
 
@@ -92,6 +94,23 @@ class Health:
                 then(alarm)
 
         return watch
+
+
+class DatabaseCollector(Collector):
+    """Metrics read from a database at each scrape (``_collect``): nothing is read when it is registered, and a
+    database away for a moment costs the scrape these metrics, nothing more."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._collect()
+        except SQLAlchemyError:
+            return
+
+    def _collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -9,10 +9,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from core.metrics import DatabaseCollector
 from messages.envelope import Ack
 from state_receiver.schema import StateSchema
 
@@ -39,18 +38,9 @@ def count_answers(acks: Mapping[str, list[Ack]], dead: Iterator[str]) -> None:
         DEAD_LETTERS.labels(district).inc(n)
 
 
-class ReceiverCollector(Collector):
+class ReceiverCollector(DatabaseCollector):
     def __init__(self, engine: Engine, schema: StateSchema, districts: Callable[[], tuple[set[str], set[str]]]) -> None:
         self.engine, self.schema, self.districts = engine, schema, districts
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []  # nothing is read when it is registered: only at a scrape
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            yield from self._collect()
-        except SQLAlchemyError:  # a database away for a moment costs the scrape these metrics, nothing more
-            return
 
     def _collect(self) -> Iterator[GaugeMetricFamily]:
         consuming, served = self.districts()
