@@ -2,7 +2,7 @@
 PostgreSQL with the agent and the receiver running: logins, the Resync State Data page against
 `resync status --json`, a partial resync sent from the page, the agent log's filters, tool rights, CSRF, logout,
 and the state's pages requesting a resync the district carries out. A screenshot of each main page is saved in
-``$RESYNC_ARTIFACTS`` (default ``test-artifacts/``)."""
+``$TEST_ARTIFACTS`` (default ``test-artifacts/``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.site import YEAR, Site
 
 pytestmark = [pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(os.environ.get("RESYNC_ARTIFACTS", "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", "test-artifacts"))
 PASSWORD = "correct horse battery"
 
 
