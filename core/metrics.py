@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
+from core.retry import reason
 from messages.errors import ConfigError, StoreUnavailable
 
 RECONNECTS = Counter("resync_broker_reconnects", "Times a connection to the broker was lost or could not be made, "
@@ -63,8 +64,7 @@ class Health:
         """What the daemon's main step failing says of what it needs: a database error takes the database down,
         anything else its broker connection (which it then makes again: counted as a reconnect)."""
         if isinstance(e, OperationalError | DBAPIError | StoreUnavailable):
-            reason = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-            self.down("database", (str(reason).strip().splitlines() or [type(e).__name__])[0])
+            self.down("database", reason(e))
         else:
             self.down("broker", str(e) or type(e).__name__)
             RECONNECTS.labels(self.daemon).inc()

@@ -18,6 +18,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def reason(e: BaseException) -> str:
+    """The first line of what ``e`` says (a database error: its driver's words, without SQLAlchemy's wrapping),
+    or its type when it says nothing."""
+    said = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    return (str(said).strip().splitlines() or [type(e).__name__])[0]
+
+
 def as_retriable(e: BaseException) -> BaseException:
     """Database errors that mean 'try again' become ``StoreUnavailable``."""
     if isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated):

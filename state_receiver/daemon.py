@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from sqlalchemy import Connection as DbConnection
@@ -232,8 +233,8 @@ class Receiver:
         for d in deliveries:
             by_district[Topology.district_of(d.queue)].append(d)
         first = Answers()
-        for items in by_district.values():
-            for more in narrow(items, self._work, set_aside):
+        for district, items in by_district.items():
+            for more in narrow(items, partial(self._work, district), set_aside):
                 for district, acks in more.acks.items():
                     first.acks.setdefault(district, []).extend(acks)
                 first.dead += more.dead
@@ -241,18 +242,9 @@ class Receiver:
         metrics.APPLY_SECONDS.observe(time.monotonic() - started)
         return first
 
-    def _work(self, deliveries: list[Delivery]) -> Answers:
-        by_district: dict[str, list[Delivery]] = defaultdict(list)
-        for d in deliveries:
-            by_district[Topology.district_of(d.queue)].append(d)
-        now = now_ts()
-        out = Answers()
-        for district, items in by_district.items():
-            outcome = self.batch.process(district, items, now)
-            out.acks[district] = outcome.acks
-            out.dead += outcome.dead
-            out.manifests += [(district, m) for m in outcome.manifests]
-        return out
+    def _work(self, district: str, deliveries: list[Delivery]) -> Answers:
+        outcome = self.batch.process(district, deliveries, now_ts())
+        return Answers({district: outcome.acks}, outcome.dead, [(district, m) for m in outcome.manifests])
 
     def answer(self, conn: Connection, deliveries: list[Delivery], answers: Answers,
                out: Connection | None = None) -> None:

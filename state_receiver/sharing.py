@@ -20,6 +20,7 @@ import structlog
 
 from core.brokers import Connection, Topology
 from core.metrics import Health
+from core.retry import reason
 from messages.errors import StoreUnavailable
 from messages.validate import MAX_PARSED
 from state_receiver.membership import BEAT, LEASE, Membership
@@ -61,7 +62,7 @@ class Share:
             try:
                 wanted = self.membership.beat(self.view)
             except Exception as e:
-                log.warning("heartbeat failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.warning("heartbeat failed", error=reason(e))
                 self.health.failed(e)
             else:
                 with self._lock:
@@ -126,4 +127,4 @@ class Share:
             self.membership.leave() if stopping else self.membership.unclaim()
         except Exception as e:  # the database is away: the claims lapse with the lease
             log.warning("could not give the districts up; they go to the others when the lease lapses",
-                        error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                        error=reason(e))

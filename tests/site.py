@@ -28,6 +28,21 @@ DISTRICT = DistrictSchema(CATALOG)
 STATE = StateSchema(CATALOG)
 
 
+def until(what: str, check: Any, logs: Path, hopeless: Any = lambda: False) -> Any:
+    """Poll ``check`` until it returns something truthy (a hang guard, not a timing assertion), or fail with
+    the daemons' logs once ``HANG_GUARD`` passes or ``hopeless()`` says waiting is no use."""
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if hopeless():
+            break
+        time.sleep(0.2)
+    daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+    raise AssertionError(f"gave up waiting for {what}\n{daemon_logs}")
+
+
 class Site:
     """One district and one state, with helpers to run the CLI and the daemons."""
 
@@ -58,17 +73,8 @@ class Site:
         return json.loads(self.cli(*args, "--json"))
 
     def until(self, what: str, check: Any) -> Any:
-        """Poll ``check`` until it returns something truthy (a hang guard, not a timing assertion)."""
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            if any(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.2)
-        daemon_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
-        raise AssertionError(f"gave up waiting for {what}\n{daemon_logs}")
+        """Poll ``check`` until it returns something truthy; gives up early if a daemon died."""
+        return until(what, check, self.logs, lambda: any(p.poll() is not None for p in self.procs))
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         self.started += 1

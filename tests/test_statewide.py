@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from sqlalchemy import func, select
 from agent.store import AgentStore
 from core.db import engine
 from state_receiver.membership import Membership, assign, members
-from tests.site import HANG_GUARD, STATE, YEAR, district_rows, orphans, rejected_by_state
+from tests.site import HANG_GUARD, STATE, YEAR, district_rows, orphans, rejected_by_state, until
 
 pytestmark = [pytest.mark.fault]
 
@@ -109,14 +108,7 @@ class Statewide:
         return {r["name"]: sorted(r["consuming"]) for r in self.receivers()["receivers"] if r["running"]}
 
     def until(self, what: str, check: Any) -> Any:
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.3)
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.logs.glob("*.log")))
-        raise AssertionError(f"gave up waiting for {what}\n{logs}")
+        return until(what, check, self.logs)  # a receiver killed on purpose is no reason to give up
 
     def spread(self, receivers: set[str]) -> dict[str, list[str]]:
         """Once exactly ``receivers`` consume every district, each district once, within one of even."""

@@ -6,9 +6,9 @@ Deliveries are kept as they arrive until ``fetch`` hands them out; a body over t
 once, keeping only its size.
 
 Each consumed queue has a channel of its own, with its own prefetch: a queue that floods takes only its own
-credit, and ``release`` can give one queue back (closing its channel returns what it held to the queue's head
-and lets the broker's next single active consumer take over, in one step, so no later message overtakes
-them). Delivery tags handed out are the connection's own, counted across channels.
+credit, and one queue can be handed over while the others go on (``cancel``, then ``settled`` once all it sent
+is acknowledged, then ``release``, which closes its channel). Delivery tags handed out are the connection's own,
+counted across channels.
 """
 
 from __future__ import annotations
